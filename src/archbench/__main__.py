@@ -1,0 +1,7 @@
+"""Entry point for ``python -m archbench``."""
+
+import sys
+
+from archbench.cli import main
+
+sys.exit(main())

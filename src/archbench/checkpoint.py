@@ -1,0 +1,67 @@
+"""Checkpoints: everything needed to continue a run exactly, written atomically.
+
+``last.pt`` (every epoch): model, optimizer, epoch, best accuracy, RNG states, the
+config and the history so far. ``best.pt``: the weights of the best epoch so far (the
+study's best-only file). Both are loaded with ``torch.load(weights_only=True)``, so a
+checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from archbench.errors import ArchbenchError
+from archbench.io_utils import atomic_torch_save
+
+LAST, BEST = "last.pt", "best.pt"
+FORMAT = 1  # bump when the checkpoint layout changes
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    atomic_torch_save(path, {"format": FORMAT, **payload})
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ArchbenchError(f"checkpoint {path} not found; train the run first (archbench train/compare)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated/garbled files
+        raise ArchbenchError(
+            f"checkpoint {path} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"it is truncated or damaged — delete it to start the run again") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ArchbenchError(f"checkpoint {path} is not an archbench checkpoint of format {FORMAT}")
+    return ckpt
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, model_name: str) -> None:
+    """Load a state_dict, turning key/shape mismatches into one clear error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or extra or shapes:
+        detail = (f"{len(missing)} missing, {len(extra)} unexpected, {len(shapes)} mis-shaped "
+                  f"tensors (first: {(missing + extra + shapes)[0]})")
+        raise ArchbenchError(f"checkpoint {path} does not fit model {model_name!r}: {detail}; "
+                             f"it belongs to another model or config")
+    model.load_state_dict(state)

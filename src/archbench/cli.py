@@ -1,0 +1,222 @@
+"""Command line: ``archbench models | train | compare | eval | plot``.
+
+Flags only override: the config is defaults <- ``--config`` file <- flags, resolved and
+validated in ``config``. Errors a user can fix print one line and exit 1 (``--debug``
+shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable
+
+from archbench import __version__
+from archbench.config import Config, from_mapping, load_file
+from archbench.errors import ArchbenchError
+
+DEFAULT_COMPARE = ("resnet18", "vgg19_bn")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other archbench error
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _training_flags() -> argparse.ArgumentParser:
+    p = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
+    g = p.add_argument_group("protocol (defaults: the study's)")
+    g.add_argument("--config", help="TOML or YAML file of settings; flags override it")
+    g.add_argument("--epochs", type=int, help="epochs to train (default 100)")
+    g.add_argument("--batch-size", type=int, help="batch size (default 128)")
+    g.add_argument("--lr", type=float, help="initial learning rate (default: the model's, 0.1; vgg19 0.01)")
+    g.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
+    g.add_argument("--weight-decay", type=float, help="SGD weight decay (default 5e-4)")
+    g.add_argument("--milestones", type=int, nargs="+", help="epochs after which lr *= gamma (default 50 75)")
+    g.add_argument("--gamma", type=float, help="lr decay factor at milestones (default 0.1)")
+    g.add_argument("--seed", type=int, help="seed for weights, data order and augmentation (default 0)")
+    g.add_argument("--pipeline", choices=("fast", "reference"), help="input pipeline (default fast)")
+    g.add_argument("--workers", type=int, help="DataLoader workers of the reference pipeline (default 2)")
+    g.add_argument("--train-subset", type=int, metavar="N", help="train on N class-balanced images")
+    g.add_argument("--test-subset", type=int, metavar="N", help="evaluate on N class-balanced images")
+    r = p.add_argument_group("where and how")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="default auto")
+    r.add_argument("--data-dir", help="CIFAR-10 location (else $ARCHBENCH_DATA, ./data, ../shared/data/cifar10)")
+    r.add_argument("--download", action="store_true", help="download CIFAR-10 if it is not found")
+    r.add_argument("--no-verify-data", dest="verify_data", action="store_false",
+                   help="skip the data checksum check")
+    r.add_argument("--out", help="output folder (default runs)")
+    r.add_argument("--resume", action="store_true", help="continue the run found in the output folder")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="archbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"archbench {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    flags = _training_flags()
+
+    sub.add_parser("models", help="list the registered models")
+    p = sub.add_parser("train", parents=[flags], help="train one model into OUT/MODEL")
+    p.add_argument("model", help="a name from 'archbench models'")
+    p = sub.add_parser("compare", parents=[flags],
+                       help="train each model (reusing finished runs) and compare their best weights")
+    p.add_argument("models", nargs="*", default=list(DEFAULT_COMPARE),
+                   help=f"models to compare (default: {' '.join(DEFAULT_COMPARE)})")
+    p = sub.add_parser("eval", help="reload the best weights of runs and evaluate them on the test set")
+    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("--data-dir")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--test-subset", type=int, help="default: the subset the runs were trained with")
+    p.add_argument("--no-verify-data", dest="verify_data", action="store_false")
+    p.add_argument("--out", type=Path, help="also write comparison.csv/.md here")
+    p = sub.add_parser("plot", help="redraw the plots of runs from their history files")
+    p.add_argument("paths", nargs="+", type=Path, help="run folders, or folders holding run folders")
+    p.add_argument("--out", type=Path, help="folder for the overlay plots (default: the runs' parent)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    file_values = load_file(args.config) if getattr(args, "config", None) else {}
+    cfg = from_mapping(file_values, source=str(getattr(args, "config", "config")))
+    skip = {"config", "command", "debug", "resume", "model", "models"}
+    flags = {k: v for k, v in vars(args).items() if k not in skip}
+    return from_mapping(flags, base=cfg, source="command line")
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def cmd_models(args) -> int:
+    from archbench.models import MODELS, count_parameters, create_model
+
+    rows = [(n, count_parameters(create_model(n)), s.description) for n, s in MODELS.items()]
+    log(f"{'name':<10} {'parameters':>12} {'(M)':>7}  description")
+    for name, n, desc in rows:
+        log(f"{name:<10} {n:>12,} {n / 1e6:>7.2f}  {desc}")
+    return 0
+
+
+def _data_loader(cfg: Config) -> Callable:
+    """Load CIFAR-10 on first use only, then share it between runs."""
+    from archbench.runner import load_data
+
+    cache = {}
+
+    def get():
+        if "data" not in cache:
+            cache["data"] = load_data(cfg)
+        return cache["data"]
+
+    return get
+
+
+def cmd_train(args) -> int:
+    from archbench.plots import plot_run
+    from archbench.runner import Run
+
+    cfg = config_from_args(args).replace(model=args.model)
+    run_dir = Path(cfg.out) / cfg.model
+    Run(cfg, run_dir, log).train(_data_loader(cfg), resume=getattr(args, "resume", False), quiet=cfg.quiet)
+    plot_run(run_dir)
+    log(f"[{cfg.model}] done: history, checkpoints and plots in {run_dir}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from archbench.compare import delta_lines, evaluate_best, protocol_note, table_markdown, write_outputs
+    from archbench.plots import plot_overlay, plot_run
+    from archbench.runner import Run
+
+    cfg = config_from_args(args)
+    if len(set(args.models)) != len(args.models):
+        raise ArchbenchError(f"a model is named twice in {' '.join(args.models)}; name each once")
+    runs = [Run(cfg.replace(model=m), Path(cfg.out) / m, log) for m in args.models]
+    data = _data_loader(cfg)
+    for run in runs:  # a finished run is reused, an unfinished one resumed
+        run.train(data, resume=True, quiet=cfg.quiet)
+        plot_run(run.run_dir)
+    results = [evaluate_best(run.run_dir, data(), run.device) for run in runs]
+    out = Path(cfg.out)
+    write_outputs(out, results, protocol_note(runs[0].cfg))
+    if len(runs) > 1:
+        plot_overlay([r.run_dir for r in runs], out)
+    log("\n" + table_markdown(results))
+    for line in delta_lines(results):
+        log(line)
+    log(f"\nWrote {out / 'comparison.md'}, {out / 'comparison.csv'} and plots under {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from archbench.compare import delta_lines, evaluate_best, table_markdown, write_outputs
+    from archbench.config import read_json
+    from archbench.data.sources import load_cifar10
+    from archbench.runner import CONFIG_NAME, resolve_device, take_subsets
+
+    subset = args.test_subset
+    if subset is None:
+        subsets = {read_json(d / CONFIG_NAME).test_subset for d in args.run_dirs}
+        if len(subsets) > 1:
+            raise ArchbenchError(f"the runs were tested on different subsets ({sorted(subsets, key=str)}); "
+                                 f"pass --test-subset N to evaluate them on the same images")
+        subset = subsets.pop()
+    data = take_subsets(load_cifar10(args.data_dir, verify=args.verify_data, with_train=False), None, subset)
+    device = resolve_device(args.device)
+    results = [evaluate_best(d, data, device) for d in args.run_dirs]
+    log(table_markdown(results))
+    for line in delta_lines(results):
+        log(line)
+    if args.out:
+        write_outputs(args.out, results, f"Evaluated on {len(data.y_test)} test images from {data.source}.")
+    return 0
+
+
+def _run_dirs(paths: list[Path]) -> list[Path]:
+    found = []
+    for p in paths:
+        if (p / "history.jsonl").is_file() or (p / "history.csv").is_file():
+            found.append(p)
+        else:
+            inner = sorted(d for d in p.glob("*/") if (d / "history.jsonl").is_file() or (d / "history.csv").is_file())
+            if not inner:
+                raise ArchbenchError(f"{p}: no history files here or in its sub-folders; pass run folders")
+            found.extend(inner)
+    return found
+
+
+def cmd_plot(args) -> int:
+    from archbench.plots import plot_overlay, plot_run
+
+    dirs = _run_dirs(args.paths)
+    for d in dirs:
+        log(" ".join(str(p) for p in plot_run(d)))
+    if len(dirs) > 1:
+        out = args.out or Path(os.path.commonpath([d.resolve() for d in dirs]))
+        log(" ".join(str(p) for p in plot_overlay(dirs, out)))
+    return 0
+
+
+COMMANDS = {"models": cmd_models, "train": cmd_train, "compare": cmd_compare, "eval": cmd_eval,
+            "plot": cmd_plot}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ArchbenchError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"archbench: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("archbench: interrupted; finished epochs are saved — rerun with --resume to continue",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,196 @@
+"""The run configuration: one frozen dataclass, its validation, and how it is layered.
+
+Defaults live in the dataclass. A TOML/YAML file overrides them, CLI flags override
+the file. ``resolve`` fills in what depends on the model (its default learning rate)
+so the config written into a run folder is complete and self-describing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from archbench.errors import ArchbenchError
+
+PIPELINES = ("fast", "reference")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines one training run. Defaults are the study's protocol."""
+
+    model: str = "resnet18"
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float | None = None  # None: the model's own default (0.1, or 0.01 for plain VGG19)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] = (50, 75)  # epochs after which lr is multiplied by gamma
+    gamma: float = 0.1
+    seed: int = 0
+    pipeline: str = "fast"
+    workers: int = 2  # DataLoader worker processes of the reference pipeline
+    train_subset: int | None = None
+    test_subset: int | None = None
+    # Where and how: these do not change the numbers a run produces.
+    device: str = "auto"
+    data_dir: str | None = None
+    download: bool = False
+    verify_data: bool = True
+    out: str = "runs"
+    quiet: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    def replace(self, **changes: Any) -> "Config":
+        return validate(dataclasses.replace(self, **changes))
+
+
+# Fields that decide the numbers a run produces: a run folder can only be resumed or
+# reused by a config that agrees on all of them.
+PROTOCOL_FIELDS = (
+    "model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones",
+    "gamma", "seed", "pipeline", "workers", "train_subset", "test_subset",
+)
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _require(ok: bool, name: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ArchbenchError(f"config: {name}={value!r} is invalid; allowed: {allowed}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field; raise one clear error naming the first bad one."""
+    from archbench.models import MODELS  # registry import is cheap; avoids an import cycle
+
+    _require(cfg.model in MODELS, "model", ", ".join(MODELS), cfg.model)
+    _require(_is_int(cfg.epochs) and cfg.epochs >= 1, "epochs", "an integer >= 1", cfg.epochs)
+    _require(_is_int(cfg.batch_size) and cfg.batch_size >= 1, "batch_size",
+             "an integer >= 1", cfg.batch_size)
+    _require(cfg.lr is None or (_is_num(cfg.lr) and cfg.lr > 0), "lr", "a number > 0", cfg.lr)
+    _require(_is_num(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum",
+             "a number in [0, 1)", cfg.momentum)
+    _require(_is_num(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay",
+             "a number >= 0", cfg.weight_decay)
+    ms = cfg.milestones
+    _require(all(_is_int(m) and m >= 1 for m in ms)
+             and all(a < b for a, b in zip(ms, ms[1:])), "milestones",
+             "strictly increasing integers >= 1 (epochs)", list(ms))
+    _require(_is_num(cfg.gamma) and 0 < cfg.gamma <= 1, "gamma", "a number in (0, 1]", cfg.gamma)
+    _require(_is_int(cfg.seed) and cfg.seed >= 0, "seed", "an integer >= 0", cfg.seed)
+    _require(cfg.pipeline in PIPELINES, "pipeline", ", ".join(PIPELINES), cfg.pipeline)
+    _require(_is_int(cfg.workers) and cfg.workers >= 0, "workers", "an integer >= 0", cfg.workers)
+    for name in ("train_subset", "test_subset"):
+        v = getattr(cfg, name)
+        _require(v is None or (_is_int(v) and v >= 1), name, "an integer >= 1 or unset", v)
+    _require(cfg.device in DEVICES, "device", ", ".join(DEVICES), cfg.device)
+    return cfg
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Bring a value read from a file or JSON into the field's Python type."""
+    if name == "milestones":
+        if not isinstance(value, (list, tuple)):
+            raise ArchbenchError(f"config: milestones={value!r} is invalid; allowed: a list of epochs")
+        return tuple(value)
+    if name in ("lr", "momentum", "weight_decay", "gamma") and _is_int(value):
+        return float(value)
+    return value
+
+
+def from_mapping(values: Mapping[str, Any], base: Config | None = None, source: str = "config") -> Config:
+    """Override ``base`` (default: the defaults) with ``values``; unknown keys are errors."""
+    base = base or Config()
+    changes = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in FIELD_NAMES:
+            raise ArchbenchError(
+                f"{source}: unknown setting {key!r}; known settings: {', '.join(FIELD_NAMES)}")
+        changes[name] = _coerce(name, value)
+    return validate(dataclasses.replace(base, **changes))
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or YAML config file into a plain dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArchbenchError(f"config file {path} not found; pass an existing .toml or .yaml file")
+    text = path.read_text()
+    try:
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python < 3.11
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ArchbenchError(f"config file {path}: unknown format; use .toml, .yaml or .yml")
+    except ArchbenchError:
+        raise
+    except Exception as e:  # parser errors carry line numbers; keep them in one line
+        raise ArchbenchError(f"config file {path} could not be parsed: {e}".replace("\n", " ")) from e
+    if not isinstance(data, dict):
+        raise ArchbenchError(f"config file {path} must hold a mapping of settings")
+    return data
+
+
+def resolve(cfg: Config) -> Config:
+    """Fill in model-dependent defaults so the config fully describes the run."""
+    from archbench.models import MODELS
+
+    if cfg.lr is None:
+        cfg = dataclasses.replace(cfg, lr=MODELS[cfg.model].default_lr)
+    return validate(cfg)
+
+
+def protocol(cfg: Config) -> dict[str, Any]:
+    d = cfg.to_dict()
+    return {k: d[k] for k in PROTOCOL_FIELDS}
+
+
+def protocol_mismatch(saved: Mapping[str, Any], cfg: Config) -> list[str]:
+    """Names and values of protocol fields where a saved config and ``cfg`` differ."""
+    now = protocol(cfg)
+    diffs = []
+    for k in PROTOCOL_FIELDS:
+        old = saved.get(k)
+        if k == "milestones" and old is not None:
+            old = list(old)
+        if old != now[k]:
+            diffs.append(f"{k}: {old!r} in the run folder vs {now[k]!r} now")
+    return diffs
+
+
+def write_json(cfg: Config, path: Path) -> None:
+    from archbench.io_utils import atomic_write_text
+
+    atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+
+def read_json(path: Path) -> Config:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ArchbenchError(f"{path}: cannot read the run's config ({e}); is this a run folder?") from e
+    return from_mapping(data, source=str(path))

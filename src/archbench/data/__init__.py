@@ -1,0 +1,1 @@
+"""CIFAR-10: finding and reading it (sources), subsets, and the input pipelines."""

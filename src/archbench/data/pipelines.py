@@ -1,0 +1,159 @@
+"""Two input pipelines behind one interface: ``train_batches(epoch)`` and ``test_batches()``.
+
+- ``fast``: the uint8 dataset lives on the training device; each epoch draws one
+  permutation, per-image crop offsets and flips there, and every batch is one gather
+  plus a normalisation — no per-image Python, no host-to-device copies.
+- ``reference``: the study's torchvision transforms on PIL images behind a DataLoader,
+  kept to check the fast path against.
+
+Both implement the study's augmentation: zero-padded RandomCrop(32, padding=4) and
+RandomHorizontalFlip(0.5), then Normalize(MEAN, STD); test images are only normalised.
+Every training image is seen exactly once per epoch, the last partial batch included.
+The order and augmentation of epoch e are seeded from (seed, e) (for ``reference`` with
+workers; with ``workers=0`` its transforms draw from the global RNG, which checkpoints
+keep), so a resumed run replays them exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from archbench.data.sources import Cifar10
+
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2470, 0.2435, 0.2616)
+PAD = 4  # pixels of zero padding before the 32x32 random crop
+SIZE = 32
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Pipeline(Protocol):
+    train_size: int
+    test_size: int
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]: ...
+
+    def test_batches(self) -> Iterator[Batch]: ...
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 63-bit seed for one epoch's data order and augmentation."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+class FastPipeline:
+    def __init__(self, data: Cifar10, batch_size: int, seed: int, device: torch.device):
+        self.batch_size, self.seed, self.device = batch_size, seed, torch.device(device)
+        to_nchw = lambda x: torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).contiguous()
+        # Padded once: every crop is then a 32x32 window of this 40x40 image.
+        self.x_train_padded = F.pad(to_nchw(data.x_train), (PAD,) * 4)
+        self.y_train = torch.from_numpy(data.y_train).to(self.device)
+        self.x_test = to_nchw(data.x_test)
+        self.y_test = torch.from_numpy(data.y_test).to(self.device)
+        self.train_size, self.test_size = len(data.y_train), len(data.y_test)
+        self._mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
+        self._window = torch.arange(SIZE, device=self.device)
+        self._channels = torch.arange(3, device=self.device).view(1, 3, 1, 1)
+
+    def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
+        return (x_uint8.float().div_(255.0) - self._mean).div_(self._std)
+
+    def crop_flip(self, idx: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
+                  flip: torch.Tensor) -> torch.Tensor:
+        """uint8 crops of padded images ``idx`` at offsets (dy, dx), mirrored where ``flip``."""
+        rows = dy[:, None] + self._window
+        cols = torch.where(flip[:, None], dx[:, None] + (SIZE - 1) - self._window, dx[:, None] + self._window)
+        return self.x_train_padded[idx.view(-1, 1, 1, 1), self._channels,
+                                   rows[:, None, :, None], cols[:, None, None, :]]
+
+    def epoch_plan(self, epoch: int) -> dict[str, torch.Tensor]:
+        """The epoch's order and augmentation parameters, drawn at once on the device."""
+        g = torch.Generator(device=self.device).manual_seed(epoch_seed(self.seed, epoch))
+        n, span = self.train_size, 2 * PAD + 1
+        return {
+            "order": torch.randperm(n, generator=g, device=self.device),
+            "dy": torch.randint(0, span, (n,), generator=g, device=self.device),
+            "dx": torch.randint(0, span, (n,), generator=g, device=self.device),
+            "flip": torch.randint(0, 2, (n,), generator=g, device=self.device).bool(),
+        }
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        plan = self.epoch_plan(epoch)
+        for s in range(0, self.train_size, self.batch_size):
+            idx = plan["order"][s:s + self.batch_size]
+            sl = slice(s, s + self.batch_size)
+            x = self.crop_flip(idx, plan["dy"][sl], plan["dx"][sl], plan["flip"][sl])
+            yield self.normalize(x), self.y_train[idx]
+
+    def test_batches(self) -> Iterator[Batch]:
+        for s in range(0, self.test_size, self.batch_size):
+            yield self.normalize(self.x_test[s:s + self.batch_size]), self.y_test[s:s + self.batch_size]
+
+
+def test_pipeline(data: Cifar10, batch_size: int, device: torch.device) -> FastPipeline:
+    """A pipeline for evaluation only: the test set on the device, no training copy."""
+    test_only = Cifar10(data.x_train[:0], data.y_train[:0], data.x_test, data.y_test,
+                        data.test_exact, data.source)
+    return FastPipeline(test_only, batch_size, seed=0, device=device)
+
+
+class _ArrayImages(torch.utils.data.Dataset):
+    """uint8 HWC arrays served as PIL images through a torchvision transform."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, transform):
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.x[i])), int(self.y[i])
+
+
+class ReferencePipeline:
+    def __init__(self, data: Cifar10, batch_size: int, seed: int, device: torch.device, workers: int = 2):
+        from torchvision import transforms as T
+
+        self.seed, self.device = seed, torch.device(device)
+        normalize = [T.ToTensor(), T.Normalize(MEAN, STD)]
+        train_tf = T.Compose([T.RandomCrop(SIZE, padding=PAD), T.RandomHorizontalFlip(), *normalize])
+        self._generator = torch.Generator()
+        loader = lambda ds, shuffle: torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
+            generator=self._generator if shuffle else None, pin_memory=self.device.type == "cuda")
+        self.train_loader = loader(_ArrayImages(data.x_train, data.y_train, train_tf), True)
+        self.test_loader = loader(_ArrayImages(data.x_test, data.y_test, T.Compose(normalize)), False)
+        self.train_size, self.test_size = len(data.y_train), len(data.y_test)
+
+    def _to_device(self, loader) -> Iterator[Batch]:
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        # The shuffle order and the workers' transform seeds both come from this generator.
+        self._generator.manual_seed(epoch_seed(self.seed, epoch))
+        return self._to_device(self.train_loader)
+
+    def test_batches(self) -> Iterator[Batch]:
+        return self._to_device(self.test_loader)
+
+
+def build_pipeline(name: str, data: Cifar10, batch_size: int, seed: int, device: torch.device,
+                   workers: int = 2) -> Pipeline:
+    if name == "fast":
+        return FastPipeline(data, batch_size, seed, device)
+    if name == "reference":
+        return ReferencePipeline(data, batch_size, seed, device, workers)
+    raise ValueError(f"unknown pipeline {name!r}")

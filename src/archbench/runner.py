@@ -1,0 +1,224 @@
+"""Wiring for one training run: run folder, data, model, optimizer, epochs, checkpoints.
+
+A run folder holds ``config.json`` (the resolved config), ``history.csv``/``.jsonl``,
+``last.pt`` (resumable), ``best.pt`` (best weights) and the run's plots. The epoch
+loop itself is in ``engine``; this module decides what happens around it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from archbench import checkpoint, history
+from archbench.config import Config, protocol_mismatch, read_json, resolve, write_json
+from archbench.data.pipelines import build_pipeline
+from archbench.data.sources import NUM_CLASSES, Cifar10, load_cifar10
+from archbench.data.subsets import balanced_indices
+from archbench.engine import evaluate, train_one_epoch
+from archbench.errors import ArchbenchError, DivergenceError
+from archbench.models import count_parameters, create_model
+from archbench.schedule import multistep_lr
+
+CONFIG_NAME = "config.json"
+Log = Callable[[str], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ArchbenchError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ArchbenchError("--device mps asked for, but MPS is not available; use --device auto or cpu")
+    return torch.device(name)
+
+
+def load_data(cfg: Config) -> Cifar10:
+    """CIFAR-10 as the config asks for it: located, verified, and cut to the subsets."""
+    data = load_cifar10(cfg.data_dir, download_missing=cfg.download, verify=cfg.verify_data)
+    return take_subsets(data, cfg.train_subset, cfg.test_subset)
+
+
+def take_subsets(data: Cifar10, train_subset: int | None, test_subset: int | None) -> Cifar10:
+    x_tr, y_tr, x_te, y_te, exact = data.x_train, data.y_train, data.x_test, data.y_test, data.test_exact
+    if train_subset is not None:
+        i = balanced_indices(y_tr, train_subset, NUM_CLASSES, "--train-subset")
+        x_tr, y_tr = x_tr[i], y_tr[i]
+    if test_subset is not None:
+        i = balanced_indices(y_te, test_subset, NUM_CLASSES, "--test-subset")
+        x_te, y_te, exact = x_te[i], y_te[i], None if exact is None else exact[i]
+    return Cifar10(x_tr, y_tr, x_te, y_te, exact, data.source)
+
+
+def exact_mask(data: Cifar10, device: torch.device) -> torch.Tensor | None:
+    """Pixel-exact test images, only when some images are not (else nothing to report)."""
+    if data.test_exact is None or bool(np.all(data.test_exact)):
+        return None
+    return torch.from_numpy(data.test_exact).to(device)
+
+
+@dataclass
+class RunState:
+    epoch: int  # epochs finished
+    best_acc: float
+    best_epoch: int
+    records: list[dict]
+
+
+def _has_run_to_continue(run_dir: Path, cfg: Config, resume: bool) -> bool:
+    """Whether ``run_dir`` holds a checkpointed run of this protocol that may be continued."""
+    if not (run_dir / checkpoint.LAST).exists():
+        return False  # nothing finished yet: any partial files are rewritten by a fresh start
+    saved = read_json(run_dir / CONFIG_NAME) if (run_dir / CONFIG_NAME).exists() else None
+    diffs = protocol_mismatch(saved.to_dict(), cfg) if saved else ["config.json is missing"]
+    if diffs:
+        raise ArchbenchError(f"{run_dir} holds a run with another protocol ({'; '.join(diffs)}); "
+                             f"choose another --out or delete that folder")
+    if not resume:
+        raise ArchbenchError(f"{run_dir} already holds a run; pass --resume to continue it, "
+                             f"or choose another --out")
+    return True
+
+
+def _reconcile_history(run_dir: Path, records: list[dict]) -> None:
+    """Make the history files hold exactly the checkpointed epochs.
+
+    A crash between writing ``last.pt`` and appending the epoch's row (or a row appended
+    for an epoch whose checkpoint never landed) would otherwise lose or duplicate a row.
+    """
+    try:
+        on_disk = history.read(run_dir)
+    except ArchbenchError:
+        on_disk = None
+    if on_disk != [{k: r.get(k) for k in history.FIELDS} for r in records]:
+        history.rewrite(run_dir, records)
+
+
+class Run:
+    """One model trained under one config in one folder."""
+
+    def __init__(self, cfg: Config, run_dir: Path, log: Log = print):
+        self.cfg = resolve(cfg)
+        self.run_dir = Path(run_dir)
+        self.log = log
+        self.device = resolve_device(self.cfg.device)
+
+    # -- state ---------------------------------------------------------------
+
+    def _fresh(self) -> tuple[torch.nn.Module, torch.optim.Optimizer, RunState]:
+        torch.manual_seed(self.cfg.seed)  # the model's initial weights come from the seed
+        model = create_model(self.cfg.model, NUM_CLASSES).to(self.device)
+        opt = torch.optim.SGD(model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum,
+                              weight_decay=self.cfg.weight_decay)
+        return model, opt, RunState(0, -1.0, 0, [])
+
+    def _restore(self, model, opt) -> RunState:
+        path = self.run_dir / checkpoint.LAST
+        ckpt = checkpoint.load(path, self.device)
+        if ckpt.get("model_name") != self.cfg.model:
+            raise ArchbenchError(f"checkpoint {path} is for model {ckpt.get('model_name')!r}, not "
+                                 f"{self.cfg.model!r}; choose another --out")
+        diffs = protocol_mismatch(ckpt.get("config", {}), self.cfg)
+        if diffs:
+            raise ArchbenchError(f"checkpoint {path} was made with another protocol ({'; '.join(diffs)})")
+        checkpoint.load_weights(model, ckpt["model"], path, self.cfg.model)
+        opt.load_state_dict(ckpt["optimizer"])
+        checkpoint.set_rng_state(ckpt["rng"])
+        return RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], list(ckpt["history"]))
+
+    def is_finished(self) -> bool:
+        path = self.run_dir / checkpoint.LAST
+        if not path.exists():
+            return False
+        return checkpoint.load(path).get("epoch", 0) >= self.cfg.epochs
+
+    # -- training ------------------------------------------------------------
+
+    def train(self, data_fn: Callable[[], Cifar10], resume: bool = False, quiet: bool = False) -> RunState:
+        cfg = self.cfg
+        model, opt, state = self._fresh()
+        if _has_run_to_continue(self.run_dir, cfg, resume):
+            state = self._restore(model, opt)
+            _reconcile_history(self.run_dir, state.records)
+            if state.epoch >= cfg.epochs:
+                self.log(f"[{cfg.model}] finished run found in {self.run_dir} "
+                         f"({state.epoch} epochs, best val {state.best_acc:.2f}%); reusing it")
+                return state
+            self.log(f"[{cfg.model}] resuming {self.run_dir} after epoch {state.epoch}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(cfg, self.run_dir / CONFIG_NAME)
+        _reconcile_history(self.run_dir, state.records)
+
+        data = data_fn()
+        pipe = build_pipeline(cfg.pipeline, data, cfg.batch_size, cfg.seed, self.device, cfg.workers)
+        exact = exact_mask(data, self.device)
+        n_params = count_parameters(model)
+        if state.epoch == 0:
+            self.log(f"[{cfg.model}] {n_params:,} parameters | {pipe.train_size} train / {pipe.test_size} "
+                     f"test images | {cfg.pipeline} pipeline on {self.device} | out {self.run_dir}")
+        for epoch in range(state.epoch, cfg.epochs):
+            record = self._epoch(model, opt, pipe, exact, epoch, quiet)
+            state.records.append(record)
+            state.epoch = epoch + 1
+            if record["val_acc"] > state.best_acc:
+                state.best_acc, state.best_epoch = record["val_acc"], epoch + 1
+                checkpoint.save(self.run_dir / checkpoint.BEST, {
+                    "model_name": cfg.model, "model": model.state_dict(), "epoch": epoch + 1,
+                    "val_acc": record["val_acc"], "config": cfg.to_dict()})
+            checkpoint.save(self.run_dir / checkpoint.LAST, {
+                "model_name": cfg.model, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "epoch": epoch + 1, "best_acc": state.best_acc, "best_epoch": state.best_epoch,
+                "rng": checkpoint.rng_state(), "config": cfg.to_dict(), "history": state.records,
+                "schedule": {"kind": "multistep", "base_lr": cfg.lr,
+                             "milestones": list(cfg.milestones), "gamma": cfg.gamma}})
+            history.append_record(self.run_dir, record)
+            if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
+                self.log(summary_line(cfg.model, record, cfg.epochs))
+        return state
+
+    def _epoch(self, model, opt, pipe, exact, epoch: int, quiet: bool) -> dict:
+        cfg = self.cfg
+        lr = multistep_lr(epoch, cfg.lr, cfg.milestones, cfg.gamma)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batches = progress(pipe.train_batches(epoch), -(-pipe.train_size // cfg.batch_size),
+                           f"{cfg.model} {epoch + 1}/{cfg.epochs} train", quiet)
+        try:
+            tr = train_one_epoch(model, batches, opt, self.device)
+        except DivergenceError as e:
+            raise DivergenceError(
+                f"[{cfg.model}] epoch {epoch + 1}: {e}; the run stopped, {self.run_dir} keeps the "
+                f"last good checkpoint (epoch {epoch}) — lower --lr or check the data") from e
+        batches = progress(pipe.test_batches(), -(-pipe.test_size // cfg.batch_size),
+                           f"{cfg.model} {epoch + 1}/{cfg.epochs} eval", quiet)
+        ev = evaluate(model, batches, self.device, exact)
+        return {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
+                "val_loss": ev["loss"], "val_acc": ev["acc"], "val_acc_exact": ev.get("acc_exact"),
+                "train_seconds": tr["seconds"], "eval_seconds": ev["seconds"],
+                "epoch_seconds": tr["seconds"] + ev["seconds"]}
+
+
+def summary_line(model: str, r: dict, epochs: int) -> str:
+    return (f"[{model}] epoch {r['epoch']:>3}/{epochs} | lr {r['lr']:.4g} | train loss {r['train_loss']:.4f} "
+            f"acc {r['train_acc']:.2f}% | val loss {r['val_loss']:.4f} acc {r['val_acc']:.2f}% | "
+            f"{r['epoch_seconds']:.1f} s")
+
+
+def progress(it, total: int, desc: str, quiet: bool):
+    """A tqdm bar on a terminal; the bare iterator otherwise (logs stay clean)."""
+    if quiet or not sys.stderr.isatty():
+        return it
+    from tqdm import tqdm
+
+    return tqdm(it, total=total, desc=desc, leave=False, unit="batch", dynamic_ncols=True)
