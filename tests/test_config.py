@@ -24,7 +24,9 @@ def test_plain_vgg19_defaults_to_lr_001_and_explicit_lr_wins():
 
 
 def test_config_is_frozen():
-    with pytest.raises(Exception):
+    import dataclasses
+
+    with pytest.raises(dataclasses.FrozenInstanceError):
         Config().epochs = 3
 
 

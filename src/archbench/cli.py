@@ -123,7 +123,7 @@ def cmd_train(args) -> int:
 
     cfg = config_from_args(args).replace(model=args.model)
     run_dir = Path(cfg.out) / cfg.model
-    Run(cfg, run_dir, log).train(_data_loader(cfg), resume=getattr(args, "resume", False), quiet=cfg.quiet)
+    Run(cfg, run_dir, log).train(_data_loader(cfg), resume=getattr(args, "resume", False))
     plot_run(run_dir)
     log(f"[{cfg.model}] done: history, checkpoints and plots in {run_dir}")
     return 0
@@ -140,7 +140,7 @@ def cmd_compare(args) -> int:
     runs = [Run(cfg.replace(model=m), Path(cfg.out) / m, log) for m in args.models]
     data = _data_loader(cfg)
     for run in runs:  # a finished run is reused, an unfinished one resumed
-        run.train(data, resume=True, quiet=cfg.quiet)
+        run.train(data, resume=True)
         plot_run(run.run_dir)
     results = [evaluate_best(run.run_dir, data(), run.device) for run in runs]
     out = Path(cfg.out)

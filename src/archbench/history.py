@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from pathlib import Path
 from typing import Iterable
@@ -81,7 +80,3 @@ def read(run_dir: Path) -> list[dict]:
                              f"checkpoint by resuming the run") from e
     raise ArchbenchError(f"{run_dir}: no {JSONL_NAME} or {CSV_NAME}; is this a run folder?")
 
-
-def is_finite_record(record: dict) -> bool:
-    return all(isinstance(v, (int, float)) and math.isfinite(v)
-               for k, v in record.items() if v is not None and k != "epoch")

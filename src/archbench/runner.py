@@ -8,7 +8,6 @@ loop itself is in ``engine``; this module decides what happens around it.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,8 +16,8 @@ import numpy as np
 import torch
 
 from archbench import checkpoint, history
-from archbench.config import Config, protocol_mismatch, read_json, resolve, write_json
-from archbench.data.pipelines import build_pipeline
+from archbench.config import Config, protocol_mismatch, resolve, write_json
+from archbench.data.pipelines import build_pipeline, num_batches
 from archbench.data.sources import NUM_CLASSES, Cifar10, load_cifar10
 from archbench.data.subsets import balanced_indices
 from archbench.engine import evaluate, train_one_epoch
@@ -76,15 +75,10 @@ class RunState:
     records: list[dict]
 
 
-def _has_run_to_continue(run_dir: Path, cfg: Config, resume: bool) -> bool:
-    """Whether ``run_dir`` holds a checkpointed run of this protocol that may be continued."""
+def _has_run_to_continue(run_dir: Path, resume: bool) -> bool:
+    """Whether ``run_dir`` holds a checkpointed run, and whether continuing it was asked for."""
     if not (run_dir / checkpoint.LAST).exists():
         return False  # nothing finished yet: any partial files are rewritten by a fresh start
-    saved = read_json(run_dir / CONFIG_NAME) if (run_dir / CONFIG_NAME).exists() else None
-    diffs = protocol_mismatch(saved.to_dict(), cfg) if saved else ["config.json is missing"]
-    if diffs:
-        raise ArchbenchError(f"{run_dir} holds a run with another protocol ({'; '.join(diffs)}); "
-                             f"choose another --out or delete that folder")
     if not resume:
         raise ArchbenchError(f"{run_dir} already holds a run; pass --resume to continue it, "
                              f"or choose another --out")
@@ -131,24 +125,20 @@ class Run:
                                  f"{self.cfg.model!r}; choose another --out")
         diffs = protocol_mismatch(ckpt.get("config", {}), self.cfg)
         if diffs:
-            raise ArchbenchError(f"checkpoint {path} was made with another protocol ({'; '.join(diffs)})")
+            raise ArchbenchError(f"{self.run_dir} holds a run with another protocol ({'; '.join(diffs)}); "
+                                 f"choose another --out or delete that folder")
         checkpoint.load_weights(model, ckpt["model"], path, self.cfg.model)
         opt.load_state_dict(ckpt["optimizer"])
         checkpoint.set_rng_state(ckpt["rng"])
         return RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], list(ckpt["history"]))
 
-    def is_finished(self) -> bool:
-        path = self.run_dir / checkpoint.LAST
-        if not path.exists():
-            return False
-        return checkpoint.load(path).get("epoch", 0) >= self.cfg.epochs
-
     # -- training ------------------------------------------------------------
 
-    def train(self, data_fn: Callable[[], Cifar10], resume: bool = False, quiet: bool = False) -> RunState:
+    def train(self, data_fn: Callable[[], Cifar10], resume: bool = False) -> RunState:
+        """Train (or continue, or reuse) the run; ``data_fn`` is only called if there is work."""
         cfg = self.cfg
         model, opt, state = self._fresh()
-        if _has_run_to_continue(self.run_dir, cfg, resume):
+        if _has_run_to_continue(self.run_dir, resume):
             state = self._restore(model, opt)
             _reconcile_history(self.run_dir, state.records)
             if state.epoch >= cfg.epochs:
@@ -163,45 +153,55 @@ class Run:
         data = data_fn()
         pipe = build_pipeline(cfg.pipeline, data, cfg.batch_size, cfg.seed, self.device, cfg.workers)
         exact = exact_mask(data, self.device)
-        n_params = count_parameters(model)
         if state.epoch == 0:
-            self.log(f"[{cfg.model}] {n_params:,} parameters | {pipe.train_size} train / {pipe.test_size} "
-                     f"test images | {cfg.pipeline} pipeline on {self.device} | out {self.run_dir}")
+            self.log(f"[{cfg.model}] {count_parameters(model):,} parameters | {pipe.train_size} train / "
+                     f"{pipe.test_size} test images | {cfg.pipeline} pipeline on {self.device} | "
+                     f"out {self.run_dir}")
         for epoch in range(state.epoch, cfg.epochs):
-            record = self._epoch(model, opt, pipe, exact, epoch, quiet)
-            state.records.append(record)
-            state.epoch = epoch + 1
-            if record["val_acc"] > state.best_acc:
-                state.best_acc, state.best_epoch = record["val_acc"], epoch + 1
-                checkpoint.save(self.run_dir / checkpoint.BEST, {
-                    "model_name": cfg.model, "model": model.state_dict(), "epoch": epoch + 1,
-                    "val_acc": record["val_acc"], "config": cfg.to_dict()})
-            checkpoint.save(self.run_dir / checkpoint.LAST, {
-                "model_name": cfg.model, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "epoch": epoch + 1, "best_acc": state.best_acc, "best_epoch": state.best_epoch,
-                "rng": checkpoint.rng_state(), "config": cfg.to_dict(), "history": state.records,
-                "schedule": {"kind": "multistep", "base_lr": cfg.lr,
-                             "milestones": list(cfg.milestones), "gamma": cfg.gamma}})
-            history.append_record(self.run_dir, record)
+            record = self._epoch(model, opt, pipe, exact, epoch)
+            self._commit_epoch(model, opt, state, record)
             if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
                 self.log(summary_line(cfg.model, record, cfg.epochs))
         return state
 
-    def _epoch(self, model, opt, pipe, exact, epoch: int, quiet: bool) -> dict:
+    def _commit_epoch(self, model, opt, state: RunState, record: dict) -> None:
+        """Persist a finished epoch: best weights, then the resumable checkpoint, then history.
+
+        In this order a crash at any point leaves a consistent run: the checkpoint carries
+        the history, and a resume replays an epoch whose checkpoint did not land.
+        """
+        cfg, epoch = self.cfg, record["epoch"]
+        state.records.append(record)
+        state.epoch = epoch
+        if record["val_acc"] > state.best_acc:
+            state.best_acc, state.best_epoch = record["val_acc"], epoch
+            checkpoint.save(self.run_dir / checkpoint.BEST, {
+                "model_name": cfg.model, "model": model.state_dict(), "epoch": epoch,
+                "val_acc": record["val_acc"], "config": cfg.to_dict()})
+        checkpoint.save(self.run_dir / checkpoint.LAST, {
+            "model_name": cfg.model, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "epoch": epoch, "best_acc": state.best_acc, "best_epoch": state.best_epoch,
+            "rng": checkpoint.rng_state(), "config": cfg.to_dict(), "history": state.records,
+            "schedule": {"kind": "multistep", "base_lr": cfg.lr,
+                         "milestones": list(cfg.milestones), "gamma": cfg.gamma}})
+        history.append_record(self.run_dir, record)
+
+    def _epoch(self, model, opt, pipe, exact, epoch: int) -> dict:
         cfg = self.cfg
         lr = multistep_lr(epoch, cfg.lr, cfg.milestones, cfg.gamma)
         for group in opt.param_groups:
             group["lr"] = lr
-        batches = progress(pipe.train_batches(epoch), -(-pipe.train_size // cfg.batch_size),
-                           f"{cfg.model} {epoch + 1}/{cfg.epochs} train", quiet)
+        batches = progress(pipe.train_batches(epoch), num_batches(pipe.train_size, cfg.batch_size),
+                           f"{cfg.model} {epoch + 1}/{cfg.epochs} train", cfg.quiet)
         try:
             tr = train_one_epoch(model, batches, opt, self.device)
         except DivergenceError as e:
+            kept = f"keeps the checkpoint of epoch {epoch}" if epoch else "has no checkpoint yet"
             raise DivergenceError(
-                f"[{cfg.model}] epoch {epoch + 1}: {e}; the run stopped, {self.run_dir} keeps the "
-                f"last good checkpoint (epoch {epoch}) — lower --lr or check the data") from e
-        batches = progress(pipe.test_batches(), -(-pipe.test_size // cfg.batch_size),
-                           f"{cfg.model} {epoch + 1}/{cfg.epochs} eval", quiet)
+                f"[{cfg.model}] epoch {epoch + 1}: {e}; the run stopped and {self.run_dir} {kept} "
+                f"— lower --lr or check the data") from e
+        batches = progress(pipe.test_batches(), num_batches(pipe.test_size, cfg.batch_size),
+                           f"{cfg.model} {epoch + 1}/{cfg.epochs} eval", cfg.quiet)
         ev = evaluate(model, batches, self.device, exact)
         return {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
                 "val_loss": ev["loss"], "val_acc": ev["acc"], "val_acc_exact": ev.get("acc_exact"),
