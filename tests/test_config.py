@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from archbench.cli import build_parser, config_from_args
-from archbench.config import Config, from_mapping, load_file, protocol_mismatch, resolve
+from archbench.config import FIELD_NAMES, Config, from_mapping, load_file, protocol_mismatch, resolve
 from archbench.errors import ArchbenchError
 from archbench.schedule import multistep_lr
 
@@ -30,12 +30,22 @@ def test_config_is_frozen():
         Config().epochs = 3
 
 
-@pytest.mark.parametrize("field,value", [
+# At least one invalid value for every setting; the test below checks none is missed.
+INVALID = [
     ("model", "resnet99"), ("epochs", 0), ("epochs", 2.5), ("batch_size", 0), ("batch_size", -4),
-    ("lr", 0), ("lr", -0.1), ("momentum", 1.0), ("weight_decay", -1), ("milestones", [75, 50]),
-    ("milestones", [50, 50]), ("milestones", [0, 10]), ("gamma", 0), ("gamma", 1.5), ("seed", -1),
-    ("pipeline", "turbo"), ("workers", -1), ("train_subset", 0), ("test_subset", -5), ("device", "tpu"),
-])
+    ("lr", 0), ("lr", -0.1), ("lr", "fast"), ("momentum", 1.0), ("weight_decay", -1),
+    ("milestones", [75, 50]), ("milestones", [50, 50]), ("milestones", [0, 10]), ("milestones", 50),
+    ("gamma", 0), ("gamma", 1.5), ("seed", -1), ("seed", True), ("pipeline", "turbo"), ("workers", -1),
+    ("train_subset", 0), ("test_subset", -5), ("device", "tpu"), ("data_dir", ""), ("download", "yes"),
+    ("verify_data", 1), ("out", ""), ("quiet", "no"),
+]
+
+
+def test_every_setting_has_an_invalid_case():
+    assert {f for f, _ in INVALID} == set(FIELD_NAMES)
+
+
+@pytest.mark.parametrize("field,value", INVALID)
 def test_each_invalid_value_is_one_error_naming_the_field(field, value):
     with pytest.raises(ArchbenchError) as e:
         from_mapping({field: value})

@@ -93,6 +93,11 @@ def validate(cfg: Config) -> Config:
         v = getattr(cfg, name)
         _require(v is None or (_is_int(v) and v >= 1), name, "an integer >= 1 or unset", v)
     _require(cfg.device in DEVICES, "device", ", ".join(DEVICES), cfg.device)
+    _require(cfg.data_dir is None or (isinstance(cfg.data_dir, str) and cfg.data_dir != ""), "data_dir",
+             "a folder or archive path, or unset", cfg.data_dir)
+    _require(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
+    for name in ("download", "verify_data", "quiet"):
+        _require(isinstance(getattr(cfg, name), bool), name, "true or false", getattr(cfg, name))
     return cfg
 
 

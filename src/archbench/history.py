@@ -1,8 +1,8 @@
 """Per-epoch history: one record per finished epoch, appended to history.csv and history.jsonl.
 
 Appends are flushed and fsynced as each epoch ends. Figures and reports are made from
-these files alone. On resume the files are rewritten (atomically) to exactly the records
-kept in the checkpoint, so an epoch is never lost or duplicated.
+these files alone. On start and resume the files are made to hold exactly the records kept in
+the checkpoint (``sync``), so an epoch is never lost or duplicated.
 """
 
 from __future__ import annotations
@@ -53,9 +53,20 @@ def append_record(run_dir: Path, record: dict) -> None:
     _append(Path(run_dir) / JSONL_NAME, _jsonl_text([record]))
 
 
-def rewrite(run_dir: Path, records: list[dict]) -> None:
-    atomic_write_text(Path(run_dir) / CSV_NAME, _csv_text(records, header=True))
-    atomic_write_text(Path(run_dir) / JSONL_NAME, _jsonl_text(records))
+def sync(run_dir: Path, records: list[dict]) -> None:
+    """Make both history files hold exactly ``records``, rewriting (atomically) only what differs.
+
+    Called when a run starts or resumes: a crash between checkpointing an epoch and
+    appending its row, or in the middle of an append, is repaired from the checkpoint.
+    """
+    for name, text in ((CSV_NAME, _csv_text(records, header=True)), (JSONL_NAME, _jsonl_text(records))):
+        path = Path(run_dir) / name
+        try:
+            current = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            current = None
+        if current != text:
+            atomic_write_text(path, text)
 
 
 def _number(v: str) -> float | int | None:

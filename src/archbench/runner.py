@@ -22,6 +22,7 @@ from archbench.data.sources import NUM_CLASSES, Cifar10, load_cifar10
 from archbench.data.subsets import balanced_indices
 from archbench.engine import evaluate, train_one_epoch
 from archbench.errors import ArchbenchError, DivergenceError
+from archbench.lock import run_lock
 from archbench.models import count_parameters, create_model
 from archbench.schedule import multistep_lr
 
@@ -75,6 +76,20 @@ class RunState:
     records: list[dict]
 
 
+def make_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArchbenchError(f"cannot create the output folder {path} ({e.strerror}); choose another "
+                             f"--out") from e
+
+
+def remove_stale_temp_files(run_dir: Path) -> None:
+    """Temp files of writes that a killed process never renamed into place."""
+    for tmp in run_dir.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _has_run_to_continue(run_dir: Path, resume: bool) -> bool:
     """Whether ``run_dir`` holds a checkpointed run, and whether continuing it was asked for."""
     if not (run_dir / checkpoint.LAST).exists():
@@ -83,20 +98,6 @@ def _has_run_to_continue(run_dir: Path, resume: bool) -> bool:
         raise ArchbenchError(f"{run_dir} already holds a run; pass --resume to continue it, "
                              f"or choose another --out")
     return True
-
-
-def _reconcile_history(run_dir: Path, records: list[dict]) -> None:
-    """Make the history files hold exactly the checkpointed epochs.
-
-    A crash between writing ``last.pt`` and appending the epoch's row (or a row appended
-    for an epoch whose checkpoint never landed) would otherwise lose or duplicate a row.
-    """
-    try:
-        on_disk = history.read(run_dir)
-    except ArchbenchError:
-        on_disk = None
-    if on_disk != [{k: r.get(k) for k in history.FIELDS} for r in records]:
-        history.rewrite(run_dir, records)
 
 
 class Run:
@@ -136,21 +137,26 @@ class Run:
 
     def train(self, data_fn: Callable[[], Cifar10], resume: bool = False) -> RunState:
         """Train (or continue, or reuse) the run; ``data_fn`` is only called if there is work."""
+        make_dir(self.run_dir)
+        with run_lock(self.run_dir):
+            remove_stale_temp_files(self.run_dir)
+            return self._train_locked(data_fn, resume)
+
+    def _train_locked(self, data_fn: Callable[[], Cifar10], resume: bool) -> RunState:
         cfg = self.cfg
         model, opt, state = self._fresh()
         if _has_run_to_continue(self.run_dir, resume):
             state = self._restore(model, opt)
-            _reconcile_history(self.run_dir, state.records)
-            if state.epoch >= cfg.epochs:
-                self.log(f"[{cfg.model}] finished run found in {self.run_dir} "
-                         f"({state.epoch} epochs, best val {state.best_acc:.2f}%); reusing it")
-                return state
-            self.log(f"[{cfg.model}] resuming {self.run_dir} after epoch {state.epoch}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if state.epoch >= cfg.epochs:
+            history.sync(self.run_dir, state.records)
+            self.log(f"[{cfg.model}] finished run found in {self.run_dir} "
+                     f"({state.epoch} epochs, best val {state.best_acc:.2f}%); reusing it")
+            return state
+        data = data_fn()  # before writing anything: bad data leaves no half-made run behind
+        history.sync(self.run_dir, state.records)
         write_json(cfg, self.run_dir / CONFIG_NAME)
-        _reconcile_history(self.run_dir, state.records)
-
-        data = data_fn()
+        if state.epoch:
+            self.log(f"[{cfg.model}] resuming {self.run_dir} after epoch {state.epoch}")
         pipe = build_pipeline(cfg.pipeline, data, cfg.batch_size, cfg.seed, self.device, cfg.workers)
         exact = exact_mask(data, self.device)
         if state.epoch == 0:

@@ -160,21 +160,24 @@ def load_cifar10(data_dir: str | None = None, *, download_missing: bool = False,
 
 # ---------------------------------------------------------------- checks
 
+def check_images(x: np.ndarray, y: np.ndarray, where: str) -> None:
+    """Shapes, dtype and label range of one file's (or split's) images and labels."""
+    if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8:
+        raise ArchbenchError(
+            f"{where}: images have shape {x.shape} and dtype {x.dtype}, expected (N, 32, 32, 3) "
+            f"uint8; the file is not CIFAR-10 or is damaged — get a fresh copy")
+    if y.shape != (x.shape[0],):
+        raise ArchbenchError(f"{where}: {x.shape[0]} images but {y.shape[0] if y.ndim else 0} labels; "
+                             f"the file is damaged — get a fresh copy")
+    if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
+        raise ArchbenchError(f"{where}: labels range over {y.min()}..{y.max()}, CIFAR-10's are 0..9; "
+                             f"the file is not CIFAR-10 or is damaged — get a fresh copy")
+
+
 def check_arrays(d: Cifar10) -> None:
-    """Shapes, dtypes and label ranges, so a malformed copy fails here and not mid-run."""
-    for split, x, y in (("train", d.x_train, d.y_train), ("test", d.x_test, d.y_test)):
-        if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8:
-            raise ArchbenchError(
-                f"{d.source}: {split} images have shape {x.shape} and dtype {x.dtype}; "
-                f"expected (N, 32, 32, 3) uint8 — the files are not CIFAR-10 or are damaged")
-        if y.shape != (x.shape[0],):
-            raise ArchbenchError(
-                f"{d.source}: {split} has {x.shape[0]} images but {y.shape[0]} labels; "
-                f"the files are damaged, get a fresh copy")
-        if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
-            raise ArchbenchError(
-                f"{d.source}: {split} labels range over {y.min()}..{y.max()}; CIFAR-10 labels "
-                f"are 0..9 — the files are not CIFAR-10 or are damaged")
+    """The assembled dataset, whatever its source, before any training touches it."""
+    check_images(d.x_train, d.y_train, f"{d.source} (train)")
+    check_images(d.x_test, d.y_test, f"{d.source} (test)")
     if d.test_exact is not None and d.test_exact.shape != d.y_test.shape:
         raise ArchbenchError(f"{d.source}: the 'lossless' array does not match the test labels")
 
@@ -242,9 +245,12 @@ def read_npz_xz(folder: Path, *, verify: bool = True, with_train: bool = True) -
     with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 1)) as pool:
         parts = list(pool.map(lambda p: _load_npz_xz(p, sums.get(p.name)), files))
     test = parts[-1]
+    for arrays, path in zip(parts, files):
+        split = "test" if path == test_file else "train"
+        check_images(_key(arrays, f"x_{split}", path), _key(arrays, f"y_{split}", path), str(path))
     if with_train:
-        x_train = np.concatenate([_key(p, "x_train", f) for p, f in zip(parts[:-1], train_files)])
-        y_train = np.concatenate([_key(p, "y_train", f) for p, f in zip(parts[:-1], train_files)])
+        x_train = np.concatenate([p["x_train"] for p in parts[:-1]])
+        y_train = np.concatenate([p["y_train"] for p in parts[:-1]])
     else:
         x_train, y_train = np.zeros((0, 32, 32, 3), np.uint8), np.zeros((0,), np.int64)
     exact = test.get("lossless")
@@ -284,7 +290,9 @@ def _parse_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise ArchbenchError(f"{name}: image array has shape {data.shape}, expected (N, 3072); "
                              f"not a CIFAR-10 batch")
     # The official layout is CHW-planar per row; archbench keeps HWC like the numpy format.
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+    check_images(images, labels, name)
+    return images, labels
 
 
 def _assemble(read: Callable[[str], bytes], where: str, verify: bool, with_train: bool) -> Cifar10:
