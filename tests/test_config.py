@@ -15,7 +15,9 @@ def test_defaults_are_the_study_protocol():
     c = resolve(Config())
     assert (c.model, c.epochs, c.batch_size, c.lr, c.momentum, c.weight_decay) == \
         ("resnet18", 100, 128, 0.1, 0.9, 5e-4)
-    assert (c.milestones, c.gamma, c.pipeline) == ((50, 75), 0.1, "fast")
+    assert (c.milestones, c.gamma, c.pipeline, c.precision) == ((50, 75), 0.1, "fast", "fp32")
+    assert resolve(Config(), "cuda").precision == "bf16"  # auto: bf16 autocast on CUDA
+    assert resolve(Config(precision="fp32"), "cuda").precision == "fp32"
 
 
 def test_plain_vgg19_defaults_to_lr_001_and_explicit_lr_wins():
@@ -37,7 +39,8 @@ INVALID = [
     ("milestones", [75, 50]), ("milestones", [50, 50]), ("milestones", [0, 10]), ("milestones", 50),
     ("gamma", 0), ("gamma", 1.5), ("seed", -1), ("seed", True), ("pipeline", "turbo"), ("workers", -1),
     ("train_subset", 0), ("test_subset", -5), ("device", "tpu"), ("data_dir", ""), ("download", "yes"),
-    ("verify_data", 1), ("out", ""), ("quiet", "no"),
+    ("verify_data", 1), ("out", ""), ("quiet", "no"), ("precision", "fp16"), ("compile", "yes"),
+    ("cuda_graphs", 1),
 ]
 
 

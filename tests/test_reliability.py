@@ -165,7 +165,7 @@ def test_divergence_stops_with_exit_1_keeping_checkpoint_and_history(tmp_path):
     out = tmp_path / "out"
     p = run(out, "nan:5")  # the 2nd step of epoch 2
     assert p.returncode == 1 and p.stderr.count("\n") == 1
-    assert "[resnet18] epoch 2: loss became nan at step 2 of the epoch" in p.stderr
+    assert "[resnet18] epoch 2: loss became non-finite (nan or inf) at step 2 of the epoch" in p.stderr
     assert "keeps the checkpoint of epoch 1" in p.stderr
     d = out / "resnet18"
     assert checkpoint.load(d / "last.pt")["epoch"] == 1

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from archbench import checkpoint, history
 from archbench.config import Config
-from archbench.engine import evaluate, train_one_epoch
+from archbench.engine import TrainStep, evaluate, train_one_epoch
 from archbench.errors import ArchbenchError, DivergenceError
 from archbench.runner import Run
 
@@ -168,8 +168,9 @@ def test_non_finite_loss_names_the_step():
     model = _NaNAfter(bad_step=3)
     batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(5)]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(DivergenceError, match="loss became nan at step 3"):
-        train_one_epoch(model, batches, opt, torch.device("cpu"))
+    step = TrainStep(model, opt, torch.device("cpu"))
+    with pytest.raises(DivergenceError, match=r"loss became non-finite \(nan or inf\) at step 3 "):
+        train_one_epoch(model, batches, step, torch.device("cpu"))
 
 
 def test_divergent_run_stops_with_last_good_checkpoint_kept(tmp_path, monkeypatch):
@@ -177,15 +178,15 @@ def test_divergent_run_stops_with_last_good_checkpoint_kept(tmp_path, monkeypatc
 
     real, calls = runner.train_one_epoch, []
 
-    def diverge_in_epoch_2(model, batches, opt, device):
+    def diverge_in_epoch_2(*args):
         calls.append(1)
         if len(calls) == 2:
-            raise DivergenceError("loss became nan at step 2 of the epoch")
-        return real(model, batches, opt, device)
+            raise DivergenceError("loss became non-finite at step 2 of the epoch")
+        return real(*args)
 
     monkeypatch.setattr(runner, "train_one_epoch", diverge_in_epoch_2)
     d = tmp_path / "r"
-    with pytest.raises(DivergenceError, match=r"\[resnet18\] epoch 2: loss became nan at step 2.*keeps the checkpoint of epoch 1"):
+    with pytest.raises(DivergenceError, match=r"\[resnet18\] epoch 2: loss became non-finite at step 2.*keeps the checkpoint of epoch 1"):
         _train(d, _cfg(epochs=3))
     assert checkpoint.load(d / "last.pt")["epoch"] == 1
     assert [r["epoch"] for r in history.read(d)] == [1]

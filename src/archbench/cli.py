@@ -40,10 +40,14 @@ def _training_flags() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="seed for weights, data order and augmentation (default 0)")
     g.add_argument("--pipeline", choices=("fast", "reference"), help="input pipeline (default fast)")
     g.add_argument("--workers", type=int, help="DataLoader workers of the reference pipeline (default 2)")
+    g.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="auto (default): bf16 autocast on CUDA, fp32 elsewhere")
     g.add_argument("--train-subset", type=int, metavar="N", help="train on N class-balanced images")
     g.add_argument("--test-subset", type=int, metavar="N", help="evaluate on N class-balanced images")
     r = p.add_argument_group("where and how")
     r.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="default auto")
+    r.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
+    r.add_argument("--cuda-graphs", action="store_true", help="replay training steps from CUDA graphs")
     r.add_argument("--data-dir", help="CIFAR-10 location (else $ARCHBENCH_DATA, ./data, ../shared/data/cifar10)")
     r.add_argument("--download", action="store_true", help="download CIFAR-10 if it is not found")
     r.add_argument("--no-verify-data", dest="verify_data", action="store_false",
@@ -158,7 +162,8 @@ def cmd_eval(args) -> int:
     from archbench.compare import delta_lines, evaluate_best, table_markdown, write_outputs
     from archbench.config import read_json
     from archbench.data.sources import load_cifar10
-    from archbench.runner import CONFIG_NAME, resolve_device, take_subsets
+    from archbench.runner import CONFIG_NAME, take_subsets
+    from archbench.training import resolve_device
 
     subset = args.test_subset
     if subset is None:

@@ -13,13 +13,14 @@ from pathlib import Path
 import torch
 
 from archbench import checkpoint
-from archbench.config import Config, read_json
+from archbench.config import Config, read_json, resolve
 from archbench.data.pipelines import test_pipeline
-from archbench.data.sources import NUM_CLASSES, Cifar10
+from archbench.data.sources import Cifar10
 from archbench.engine import evaluate
 from archbench.io_utils import atomic_write_text
-from archbench.models import count_parameters, create_model
+from archbench.models import count_parameters
 from archbench.runner import CONFIG_NAME, exact_mask
+from archbench.training import build_model
 
 
 @dataclass(frozen=True)
@@ -42,10 +43,11 @@ def evaluate_best(run_dir: Path, data: Cifar10, device: torch.device, batch_size
     cfg = read_json(run_dir / CONFIG_NAME)
     path = run_dir / checkpoint.BEST
     ckpt = checkpoint.load(path, device)
-    model = create_model(cfg.model, NUM_CLASSES).to(device)
+    cfg = resolve(cfg, device.type)
+    model = build_model(cfg, device)
     checkpoint.load_weights(model, ckpt["model"], path, cfg.model)
     ev = evaluate(model, test_pipeline(data, batch_size, device).test_batches(), device,
-                  exact_mask(data, device))
+                  exact_mask(data, device), cfg.precision)
     return Result(cfg.model, ev["loss"], ev["acc"], count_parameters(model), ckpt["val_acc"],
                   ckpt["epoch"], ev.get("acc_exact"), ev["images"], ev.get("images_exact"), str(run_dir))
 

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 from archbench.errors import ArchbenchError
 
 PIPELINES = ("fast", "reference")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -34,10 +35,13 @@ class Config:
     seed: int = 0
     pipeline: str = "fast"
     workers: int = 2  # DataLoader worker processes of the reference pipeline
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     train_subset: int | None = None
     test_subset: int | None = None
     # Where and how: these do not change the numbers a run produces.
     device: str = "auto"
+    compile: bool = False  # torch.compile the training forward pass
+    cuda_graphs: bool = False  # replay training steps from captured CUDA graphs
     data_dir: str | None = None
     download: bool = False
     verify_data: bool = True
@@ -57,7 +61,7 @@ class Config:
 # reused by a config that agrees on all of them.
 PROTOCOL_FIELDS = (
     "model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones",
-    "gamma", "seed", "pipeline", "workers", "train_subset", "test_subset",
+    "gamma", "seed", "pipeline", "workers", "train_subset", "test_subset", "precision",
 )
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
@@ -93,10 +97,11 @@ def validate(cfg: Config) -> Config:
         v = getattr(cfg, name)
         _require(v is None or (_is_int(v) and v >= 1), name, "an integer >= 1 or unset", v)
     _require(cfg.device in DEVICES, "device", ", ".join(DEVICES), cfg.device)
+    _require(cfg.precision in PRECISIONS, "precision", ", ".join(PRECISIONS), cfg.precision)
     _require(cfg.data_dir is None or (isinstance(cfg.data_dir, str) and cfg.data_dir != ""), "data_dir",
              "a folder or archive path, or unset", cfg.data_dir)
     _require(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
-    for name in ("download", "verify_data", "quiet"):
+    for name in ("download", "verify_data", "quiet", "compile", "cuda_graphs"):
         _require(isinstance(getattr(cfg, name), bool), name, "true or false", getattr(cfg, name))
     return cfg
 
@@ -160,12 +165,14 @@ def load_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve(cfg: Config) -> Config:
-    """Fill in model-dependent defaults so the config fully describes the run."""
+def resolve(cfg: Config, device_type: str = "cpu") -> Config:
+    """Fill in model- and device-dependent defaults so the config fully describes the run."""
     from archbench.models import MODELS
 
     if cfg.lr is None:
         cfg = dataclasses.replace(cfg, lr=MODELS[cfg.model].default_lr)
+    if cfg.precision == "auto":
+        cfg = dataclasses.replace(cfg, precision="bf16" if device_type == "cuda" else "fp32")
     return validate(cfg)
 
 

@@ -1,14 +1,18 @@
 """The training and evaluation passes. Plain functions returning plain dicts.
 
-Metrics are accumulated on the device and read once at the end of a pass, so no step
-waits for the host. A non-finite loss is detected from the per-step losses kept on the
-device, and reported with the first offending step.
+Metrics are accumulated on the device (a ``Tally``) and read once at the end of a
+pass, so no step waits for the host. A non-finite loss is caught the same way: the
+tally keeps the index of the first step whose loss was not finite.
+
+A training step is a callable ``step(x, y, tally)``; ``TrainStep`` is the eager one
+and ``archbench.graphs.GraphedTrainStep`` replays it from captured CUDA graphs.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Iterable
+from contextlib import nullcontext
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -19,47 +23,92 @@ from archbench.errors import DivergenceError
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
 
 
-def train_one_epoch(model: nn.Module, batches: Batches, optimizer: torch.optim.Optimizer,
-                    device: torch.device) -> dict:
-    """One pass of SGD over ``batches``: mean loss, accuracy (%), images, seconds."""
-    model.train()
-    start = time.perf_counter()
-    step_losses, n = [], 0
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    for x, y in batches:
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for ``precision == "bf16"``; losses and BN statistics stay fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class Tally:
+    """Per-pass sums kept on the device, updated in place (so CUDA graphs can update them)."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), dtype=torch.long, device=device)
+        self.step = torch.zeros((), dtype=torch.long, device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.images = 0  # host-side: batch sizes are known without a sync
+
+    def reset(self) -> None:
+        for t in (self.loss_sum, self.correct, self.step):
+            t.zero_()
+        self.first_bad.fill_(-1)
+        self.images = 0
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        loss = loss.detach().float()
+        self.loss_sum.add_(loss * y.shape[0])
+        self.correct.add_((logits.detach().argmax(1) == y).sum())
+        bad = ~torch.isfinite(loss)
+        self.first_bad.copy_(torch.where(bad & (self.first_bad < 0), self.step, self.first_bad))
+        self.step.add_(1)
+
+
+class TrainStep:
+    """One SGD step on a batch, eagerly: forward, loss, backward, optimizer step."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+                 precision: str = "fp32", forward: Callable | None = None):
+        self.model, self.optimizer, self.device, self.precision = model, optimizer, device, precision
+        self.forward = forward or model  # a torch.compile'd forward, when asked for
+
+    def compute(self, x: torch.Tensor, y: torch.Tensor, tally: Tally) -> None:
+        """The step's work, without touching gradients' storage (graph capture reuses it)."""
+        with autocast(self.device, self.precision):
+            logits = self.forward(x)
+        loss = F.cross_entropy(logits.float(), y)
         loss.backward()
-        optimizer.step()
-        loss = loss.detach()
-        step_losses.append(loss)
-        loss_sum += loss * y.shape[0]
-        correct += (logits.detach().argmax(1) == y).sum()
-        n += y.shape[0]
-    if n == 0:
+        self.optimizer.step()
+        tally.add(loss, logits, y)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, tally: Tally) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.compute(x, y, tally)
+        tally.images += y.shape[0]
+
+
+def train_one_epoch(model: nn.Module, batches: Batches, step: Callable, device: torch.device,
+                    tally: Tally | None = None) -> dict:
+    """One pass of ``step`` over ``batches``: mean loss, accuracy (%), images, seconds."""
+    model.train()
+    tally = tally or Tally(device)
+    tally.reset()
+    start = time.perf_counter()
+    for x, y in batches:
+        step(x, y, tally)
+    if tally.images == 0:
         raise ValueError("train_one_epoch got no batches")
-    losses = torch.stack(step_losses)
-    bad = torch.nonzero(~torch.isfinite(losses)).flatten()
-    if bad.numel():
-        step = int(bad[0]) + 1
-        raise DivergenceError(f"loss became {losses[step - 1].item()} at step {step} of the epoch")
-    _sync(device)
-    return {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n, "images": n,
-            "seconds": time.perf_counter() - start}
+    first_bad = int(tally.first_bad)  # the pass's one host sync
+    if first_bad >= 0:
+        raise DivergenceError(f"loss became non-finite (nan or inf) at step {first_bad + 1} of the epoch")
+    n = tally.images
+    out = {"loss": tally.loss_sum.item() / n, "acc": 100.0 * tally.correct.item() / n, "images": n}
+    sync(device)
+    out["seconds"] = time.perf_counter() - start
+    return out
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, device: torch.device,
-             exact: torch.Tensor | None = None) -> dict:
+             exact: torch.Tensor | None = None, precision: str = "fp32") -> dict:
     """Mean loss and accuracy (%) over ``batches``, in order.
 
     ``exact`` (bool, one per image, in batch order) marks pixel-exact images; the
@@ -73,7 +122,8 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device,
     correct_x = torch.zeros((), dtype=torch.long, device=device)
     n = 0
     for x, y in batches:
-        logits = model(x)
+        with autocast(device, precision):
+            logits = model(x)
         losses = F.cross_entropy(logits.float(), y, reduction="none")
         hits = logits.argmax(1) == y
         loss_sum += losses.sum()
@@ -90,6 +140,6 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device,
         n_x = int(exact[:n].sum())
         out.update(loss_exact=loss_sum_x.item() / max(n_x, 1),
                    acc_exact=100.0 * correct_x.item() / max(n_x, 1), images_exact=n_x)
-    _sync(device)
+    sync(device)
     out["seconds"] = time.perf_counter() - start
     return out

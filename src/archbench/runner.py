@@ -20,28 +20,16 @@ from archbench.config import Config, protocol_mismatch, resolve, write_json
 from archbench.data.pipelines import build_pipeline, num_batches
 from archbench.data.sources import NUM_CLASSES, Cifar10, load_cifar10
 from archbench.data.subsets import balanced_indices
-from archbench.engine import evaluate, train_one_epoch
+from archbench.engine import Tally, evaluate, train_one_epoch
 from archbench.errors import ArchbenchError, DivergenceError
 from archbench.lock import run_lock
-from archbench.models import count_parameters, create_model
+from archbench.models import count_parameters
 from archbench.schedule import multistep_lr
+from archbench.training import (adopt_optimizer_impl, build_model, build_optimizer, build_step,
+                                 check_device_options, resolve_device)
 
 CONFIG_NAME = "config.json"
 Log = Callable[[str], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ArchbenchError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device auto or cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ArchbenchError("--device mps asked for, but MPS is not available; use --device auto or cpu")
-    return torch.device(name)
 
 
 def load_data(cfg: Config) -> Cifar10:
@@ -104,19 +92,17 @@ class Run:
     """One model trained under one config in one folder."""
 
     def __init__(self, cfg: Config, run_dir: Path, log: Log = print):
-        self.cfg = resolve(cfg)
+        self.device = resolve_device(cfg.device)
+        self.cfg = resolve(cfg, self.device.type)
+        check_device_options(self.cfg, self.device)
         self.run_dir = Path(run_dir)
         self.log = log
-        self.device = resolve_device(self.cfg.device)
 
     # -- state ---------------------------------------------------------------
 
     def _fresh(self) -> tuple[torch.nn.Module, torch.optim.Optimizer, RunState]:
-        torch.manual_seed(self.cfg.seed)  # the model's initial weights come from the seed
-        model = create_model(self.cfg.model, NUM_CLASSES).to(self.device)
-        opt = torch.optim.SGD(model.parameters(), lr=self.cfg.lr, momentum=self.cfg.momentum,
-                              weight_decay=self.cfg.weight_decay)
-        return model, opt, RunState(0, -1.0, 0, [])
+        model = build_model(self.cfg, self.device)
+        return model, build_optimizer(model, self.cfg, self.device), RunState(0, -1.0, 0, [])
 
     def _restore(self, model, opt) -> RunState:
         path = self.run_dir / checkpoint.LAST
@@ -130,6 +116,7 @@ class Run:
                                  f"choose another --out or delete that folder")
         checkpoint.load_weights(model, ckpt["model"], path, self.cfg.model)
         opt.load_state_dict(ckpt["optimizer"])
+        adopt_optimizer_impl(opt, self.device)
         checkpoint.set_rng_state(ckpt["rng"])
         return RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], list(ckpt["history"]))
 
@@ -159,12 +146,13 @@ class Run:
             self.log(f"[{cfg.model}] resuming {self.run_dir} after epoch {state.epoch}")
         pipe = build_pipeline(cfg.pipeline, data, cfg.batch_size, cfg.seed, self.device, cfg.workers)
         exact = exact_mask(data, self.device)
+        step, tally = build_step(model, opt, cfg, self.device), Tally(self.device)
         if state.epoch == 0:
             self.log(f"[{cfg.model}] {count_parameters(model):,} parameters | {pipe.train_size} train / "
-                     f"{pipe.test_size} test images | {cfg.pipeline} pipeline on {self.device} | "
+                     f"{pipe.test_size} test images | {cfg.pipeline} pipeline, {cfg.precision} on {self.device} | "
                      f"out {self.run_dir}")
         for epoch in range(state.epoch, cfg.epochs):
-            record = self._epoch(model, opt, pipe, exact, epoch)
+            record = self._epoch(model, opt, step, tally, pipe, exact, epoch)
             self._commit_epoch(model, opt, state, record)
             if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
                 self.log(summary_line(cfg.model, record, cfg.epochs))
@@ -192,7 +180,7 @@ class Run:
                          "milestones": list(cfg.milestones), "gamma": cfg.gamma}})
         history.append_record(self.run_dir, record)
 
-    def _epoch(self, model, opt, pipe, exact, epoch: int) -> dict:
+    def _epoch(self, model, opt, step, tally, pipe, exact, epoch: int) -> dict:
         cfg = self.cfg
         lr = multistep_lr(epoch, cfg.lr, cfg.milestones, cfg.gamma)
         for group in opt.param_groups:
@@ -200,15 +188,15 @@ class Run:
         batches = progress(pipe.train_batches(epoch), num_batches(pipe.train_size, cfg.batch_size),
                            f"{cfg.model} {epoch + 1}/{cfg.epochs} train", cfg.quiet)
         try:
-            tr = train_one_epoch(model, batches, opt, self.device)
+            tr = train_one_epoch(model, batches, step, self.device, tally)
         except DivergenceError as e:
             kept = f"keeps the checkpoint of epoch {epoch}" if epoch else "has no checkpoint yet"
             raise DivergenceError(
                 f"[{cfg.model}] epoch {epoch + 1}: {e}; the run stopped and {self.run_dir} {kept} "
                 f"— lower --lr or check the data") from e
-        batches = progress(pipe.test_batches(), num_batches(pipe.test_size, cfg.batch_size),
+        batches = progress(pipe.test_batches(), num_batches(pipe.test_size, pipe.eval_batch_size),
                            f"{cfg.model} {epoch + 1}/{cfg.epochs} eval", cfg.quiet)
-        ev = evaluate(model, batches, self.device, exact)
+        ev = evaluate(model, batches, self.device, exact, cfg.precision)
         return {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
                 "val_loss": ev["loss"], "val_acc": ev["acc"], "val_acc_exact": ev.get("acc_exact"),
                 "train_seconds": tr["seconds"], "eval_seconds": ev["seconds"],

@@ -28,6 +28,9 @@ MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2470, 0.2435, 0.2616)
 PAD = 4  # pixels of zero padding before the 32x32 random crop
 SIZE = 32
+# Evaluation is per image (BN in eval mode), so its batch size only trades memory for
+# kernel launches; the fast pipeline evaluates in batches of at least this many images.
+FAST_EVAL_BATCH = 500
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -35,6 +38,7 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class Pipeline(Protocol):
     train_size: int
     test_size: int
+    eval_batch_size: int
 
     def train_batches(self, epoch: int) -> Iterator[Batch]: ...
 
@@ -53,6 +57,7 @@ def num_batches(n: int, batch_size: int) -> int:
 class FastPipeline:
     def __init__(self, data: Cifar10, batch_size: int, seed: int, device: torch.device):
         self.batch_size, self.seed, self.device = batch_size, seed, torch.device(device)
+        self.eval_batch_size = max(batch_size, FAST_EVAL_BATCH)
         to_nchw = lambda x: torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).contiguous()
         # Padded once: every crop is then a 32x32 window of this 40x40 image.
         self.x_train_padded = F.pad(to_nchw(data.x_train), (PAD,) * 4)
@@ -96,8 +101,9 @@ class FastPipeline:
             yield self.normalize(x), self.y_train[idx]
 
     def test_batches(self) -> Iterator[Batch]:
-        for s in range(0, self.test_size, self.batch_size):
-            yield self.normalize(self.x_test[s:s + self.batch_size]), self.y_test[s:s + self.batch_size]
+        b = self.eval_batch_size
+        for s in range(0, self.test_size, b):
+            yield self.normalize(self.x_test[s:s + b]), self.y_test[s:s + b]
 
 
 def test_pipeline(data: Cifar10, batch_size: int, device: torch.device) -> FastPipeline:
@@ -136,6 +142,7 @@ class ReferencePipeline:
         self.train_loader = loader(_ArrayImages(data.x_train, data.y_train, train_tf), True)
         self.test_loader = loader(_ArrayImages(data.x_test, data.y_test, T.Compose(normalize)), False)
         self.train_size, self.test_size = len(data.y_train), len(data.y_test)
+        self.eval_batch_size = batch_size
 
     def _to_device(self, loader) -> Iterator[Batch]:
         for x, y in loader:

@@ -1,0 +1,80 @@
+"""Building what a training run needs from its config: model, optimizer, step, device.
+
+Shared by ``runner`` (runs with checkpoints and history) and ``bench`` (timing only),
+so both train exactly the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from archbench.config import Config
+from archbench.data.sources import NUM_CLASSES
+from archbench.errors import ArchbenchError
+from archbench.models import create_model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ArchbenchError("--device cuda asked for, but PyTorch sees no CUDA GPU; use --device auto or cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ArchbenchError("--device mps asked for, but MPS is not available; use --device auto or cpu")
+    return torch.device(name)
+
+
+def check_device_options(cfg: Config, device: torch.device) -> None:
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise ArchbenchError(f"--cuda-graphs needs a CUDA device, but the run is on {device.type}; "
+                             f"drop --cuda-graphs or use --device cuda")
+
+
+def channels_last(device: torch.device) -> bool:
+    """NHWC activations feed cuDNN's tensor-core convolutions; elsewhere they do not pay."""
+    return device.type == "cuda"
+
+
+def build_model(cfg: Config, device: torch.device) -> nn.Module:
+    torch.manual_seed(cfg.seed)  # the model's initial weights come from the seed
+    model = create_model(cfg.model, NUM_CLASSES).to(device)
+    if channels_last(device):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, **optimizer_impl(device))
+
+
+def optimizer_impl(device: torch.device) -> dict:
+    """One fused kernel for the whole update on CUDA; PyTorch's default elsewhere."""
+    return {"fused": True} if device.type == "cuda" else {}
+
+
+def adopt_optimizer_impl(opt: torch.optim.Optimizer, device: torch.device) -> None:
+    """After loading a checkpoint made on another device, use this device's implementation."""
+    impl = optimizer_impl(device)
+    for group in opt.param_groups:
+        group["fused"] = impl.get("fused", False)
+        group["foreach"] = None
+
+
+def build_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: Config, device: torch.device) -> Callable:
+    from archbench.engine import TrainStep
+
+    forward = torch.compile(model) if cfg.compile else None
+    step = TrainStep(model, opt, device, cfg.precision, forward)
+    if cfg.cuda_graphs:
+        from archbench.graphs import GraphedTrainStep
+
+        return GraphedTrainStep(step)
+    return step
