@@ -72,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train each model (reusing finished runs) and compare their best weights")
     p.add_argument("models", nargs="*", default=list(DEFAULT_COMPARE),
                    help=f"models to compare (default: {' '.join(DEFAULT_COMPARE)})")
+    p = sub.add_parser("bench", parents=[flags],
+                       help="time each model with each input pipeline (s/epoch, img/s, TFLOP/s, speed-up)")
+    p.add_argument("models", nargs="*", default=list(DEFAULT_COMPARE),
+                   help=f"models to time (default: {' '.join(DEFAULT_COMPARE)})")
+    p.add_argument("--pipelines", default="fast,reference", help="comma-separated (default fast,reference)")
+    p.add_argument("--synthetic", action="store_true", help="random data of CIFAR-10's shape instead of CIFAR-10")
+    p.add_argument("--json", type=Path, help="also write the results as JSON")
     p = sub.add_parser("eval", help="reload the best weights of runs and evaluate them on the test set")
     p.add_argument("run_dirs", nargs="+", type=Path)
     p.add_argument("--data-dir")
@@ -88,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     file_values = load_file(args.config) if getattr(args, "config", None) else {}
     cfg = from_mapping(file_values, source=str(getattr(args, "config", "config")))
-    skip = {"config", "command", "debug", "resume", "model", "models"}
+    skip = {"config", "command", "debug", "resume", "model", "models", "pipelines", "synthetic", "json"}
     flags = {k: v for k, v in vars(args).items() if k not in skip}
     return from_mapping(flags, base=cfg, source="command line")
 
@@ -158,6 +165,52 @@ def cmd_compare(args) -> int:
     return 0
 
 
+# Timed epochs after the warm-up one, and on CPU a small default data size, so that a
+# plain `archbench bench` finishes in minutes anywhere.
+BENCH_EPOCHS = {"cuda": 2, "other": 1}
+BENCH_CPU_SUBSET = 256
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from archbench.bench import add_speedups, bench_one, synthetic_cifar, table, write_json
+    from archbench.config import PIPELINES
+    from archbench.training import resolve_device
+
+    cfg = config_from_args(args)
+    device = resolve_device(cfg.device)
+    pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
+    bad = [p for p in pipelines if p not in PIPELINES]
+    if bad or not pipelines:
+        raise ArchbenchError(f"--pipelines {args.pipelines!r}: allowed values are {', '.join(PIPELINES)}")
+    epochs = getattr(args, "epochs", BENCH_EPOCHS["cuda" if device.type == "cuda" else "other"])
+    if device.type != "cuda":
+        cfg = cfg.replace(train_subset=cfg.train_subset or BENCH_CPU_SUBSET,
+                          test_subset=cfg.test_subset or BENCH_CPU_SUBSET)
+    if args.synthetic:
+        data = synthetic_cifar(cfg.train_subset or 50_000, cfg.test_subset or 10_000, cfg.seed)
+    else:
+        from archbench.runner import load_data
+
+        data = load_data(cfg)
+    log(f"bench: {len(data.y_train)} train / {len(data.y_test)} test images ({data.source}), "
+        f"{epochs} timed epoch(s) after 1 warm-up, on {device}")
+    results = []
+    for model in args.models:
+        for pipeline in pipelines:
+            results.append(bench_one(cfg.replace(model=model, pipeline=pipeline), data, epochs))
+            log(f"  {model} {pipeline}: {results[-1].train_s_per_epoch:.3f} s/epoch train, "
+                f"{results[-1].eval_s_per_epoch:.3f} s/epoch eval")
+    add_speedups(results)
+    log("\n" + table(results))
+    if args.json:
+        write_json(results, args.json, {"torch": torch.__version__, "device": str(device),
+                                        "config": cfg.to_dict(), "timed_epochs": epochs})
+        log(f"\nWrote {args.json}")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from archbench.compare import delta_lines, evaluate_best, table_markdown, write_outputs
     from archbench.config import read_json
@@ -208,7 +261,7 @@ def cmd_plot(args) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "train": cmd_train, "compare": cmd_compare, "eval": cmd_eval,
+COMMANDS = {"models": cmd_models, "train": cmd_train, "compare": cmd_compare, "bench": cmd_bench, "eval": cmd_eval,
             "plot": cmd_plot}
 
 

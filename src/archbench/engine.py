@@ -33,7 +33,9 @@ def sync(device: torch.device) -> None:
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for ``precision == "bf16"``; losses and BN statistics stay fp32."""
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        # No cast cache: each weight is used once per forward pass, and cached casts would
+        # outlive a CUDA graph capture.
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
     return nullcontext()
 
 
@@ -68,7 +70,7 @@ class TrainStep:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
                  precision: str = "fp32", forward: Callable | None = None):
         self.model, self.optimizer, self.device, self.precision = model, optimizer, device, precision
-        self.forward = forward or model  # a torch.compile'd forward, when asked for
+        self.forward = model if forward is None else forward  # torch.compile(model), when asked for
 
     def compute(self, x: torch.Tensor, y: torch.Tensor, tally: Tally) -> None:
         """The step's work, without touching gradients' storage (graph capture reuses it)."""

@@ -15,9 +15,11 @@ batch of an epoch is replayed too.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
-from archbench.engine import Tally, TrainStep
+from archbench.engine import Tally, TrainStep, autocast
 
 WARMUP_STEPS = 2  # forward/backward passes on a side stream before capture (cuDNN/cuBLAS set-up)
 
@@ -50,8 +52,6 @@ class GraphedTrainStep:
         tally.images += y.shape[0]
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor, tally: Tally):
-        import time
-
         start = time.perf_counter()
         model, opt = self.eager.model, self.eager.optimizer
         _ensure_momentum_buffers(opt)
@@ -63,7 +63,7 @@ class GraphedTrainStep:
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
                 opt.zero_grad(set_to_none=True)
-                with self.eager_autocast():
+                with autocast(self.eager.device, self.eager.precision):
                     logits = self.eager.forward(static_x)
                 torch.nn.functional.cross_entropy(logits.float(), static_y).backward()
         torch.cuda.current_stream().wait_stream(side)
@@ -73,16 +73,12 @@ class GraphedTrainStep:
         torch.cuda.set_rng_state(saved_rng)
         opt.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: a DataLoader's pin-memory thread may touch CUDA while we capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.eager.compute(static_x, static_y, tally)
         torch.cuda.synchronize()
         self.capture_seconds += time.perf_counter() - start
         return graph, static_x, static_y
-
-    def eager_autocast(self):
-        from archbench.engine import autocast
-
-        return autocast(self.eager.device, self.eager.precision)
 
 
 def _ensure_momentum_buffers(opt: torch.optim.Optimizer) -> None:
