@@ -10,7 +10,8 @@ from archbench.errors import ArchbenchError
 from archbench.models import MODELS, count_parameters, create_model
 from archbench.models.resnet import BasicBlock
 
-EXPECTED_PARAMS = {"resnet18": 11_173_962, "vgg19_bn": 38_958_922, "vgg19": 38_947_914}
+EXPECTED_PARAMS = {"resnet18": 11_173_962, "vgg19_bn": 38_958_922, "vgg19": 38_947_914,
+                   "plain18": 11_000_138, "resnet34": 21_282_122, "plain34": 21_108_298}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -57,6 +58,29 @@ def test_resnet18_is_the_cifar_variant():
     m.layer4.register_forward_hook(lambda mod, i, o: feats.update(x=o.shape))
     m.eval()(torch.zeros(1, 3, 32, 32))
     assert feats["x"] == (1, 512, 4, 4)
+
+
+@pytest.mark.parametrize("plain,res", [("plain18", "resnet18"), ("plain34", "resnet34")])
+def test_plain_nets_are_their_resnets_without_any_shortcut(plain, res):
+    p, r = create_model(plain), create_model(res)
+    assert all(b.shortcut is None for b in p.modules() if isinstance(b, BasicBlock))
+    r_sd = {k: v.shape for k, v in r.state_dict().items() if ".shortcut." not in k}
+    assert {k: v.shape for k, v in p.state_dict().items()} == r_sd
+    # Without shortcuts the output is not x + F(x): zeroing the last BN of every block kills the signal.
+    for m in (p, r):
+        for b in (b for b in m.modules() if isinstance(b, BasicBlock)):
+            torch.nn.init.zeros_(b.bn2.weight)
+            torch.nn.init.zeros_(b.bn2.bias)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = lambda m: m.layer4(m.layer3(m.layer2(m.layer1(m.stem(x)))))
+        assert feats(p.eval()).abs().max() == 0
+        assert feats(r.eval()).abs().max() > 0
+
+
+def test_resnet34_has_blocks_3_4_6_3():
+    m = create_model("resnet34")
+    assert [len(m.layer1), len(m.layer2), len(m.layer3), len(m.layer4)] == [3, 4, 6, 3]
 
 
 def test_resnet18_init_is_kaiming_normal_fan_in_with_bn_one_zero():
