@@ -35,7 +35,7 @@ class Difference:
     method: str = "Welch's t, 95% CI"
 
     def text(self, unit: str = "pp") -> str:
-        base = f"{self.diff:+.2f} {unit}"
+        base = f"{self.diff:+.2f}" + (f" {unit}" if unit else "")
         if self.ci_low is None:
             return base + " (one run per model: no interval)"
         return f"{base} (95% CI [{self.ci_low:+.2f}, {self.ci_high:+.2f}], Welch's t, p = {self.p_value:.3g})"
