@@ -178,11 +178,11 @@ def test_divergent_run_stops_with_last_good_checkpoint_kept(tmp_path, monkeypatc
 
     real, calls = runner.train_one_epoch, []
 
-    def diverge_in_epoch_2(*args):
+    def diverge_in_epoch_2(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise DivergenceError("loss became non-finite at step 2 of the epoch")
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(runner, "train_one_epoch", diverge_in_epoch_2)
     d = tmp_path / "r"

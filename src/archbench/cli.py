@@ -44,10 +44,15 @@ def _training_flags() -> argparse.ArgumentParser:
                    help="auto (default): bf16 autocast on CUDA, fp32 elsewhere")
     g.add_argument("--train-subset", type=int, metavar="N", help="train on N class-balanced images")
     g.add_argument("--test-subset", type=int, metavar="N", help="evaluate on N class-balanced images")
+    g.add_argument("--val-split", type=int, metavar="N",
+                   help="hold out N stratified training images to select the best epoch on "
+                        "(default: the study's choice, the test set)")
     r = p.add_argument_group("where and how")
     r.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="default auto")
     r.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
     r.add_argument("--cuda-graphs", action="store_true", help="replay training steps from CUDA graphs")
+    r.add_argument("--grad-norms-per-epoch", type=int, metavar="K",
+                   help="record per-layer gradient norms K times per epoch (default 4; 0: off)")
     r.add_argument("--data-dir", help="CIFAR-10 location (else $ARCHBENCH_DATA, ./data, ../shared/data/cifar10)")
     r.add_argument("--download", action="store_true", help="download CIFAR-10 if it is not found")
     r.add_argument("--no-verify-data", dest="verify_data", action="store_false",
@@ -72,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="train each model (reusing finished runs) and compare their best weights")
     p.add_argument("models", nargs="*", default=list(DEFAULT_COMPARE),
                    help=f"models to compare (default: {' '.join(DEFAULT_COMPARE)})")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="K",
+                   help="train every model once per seed, into OUT/<model>/seed<K>/")
+    p = sub.add_parser("report", help="write report.md and report.html for a compare output folder")
+    p.add_argument("out_dir", type=Path, help="the --out folder of archbench compare")
     p = sub.add_parser("bench", parents=[flags],
                        help="time each model with each input pipeline (s/epoch, img/s, TFLOP/s, speed-up)")
     p.add_argument("models", nargs="*", default=list(DEFAULT_COMPARE),
@@ -95,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     file_values = load_file(args.config) if getattr(args, "config", None) else {}
     cfg = from_mapping(file_values, source=str(getattr(args, "config", "config")))
-    skip = {"config", "command", "debug", "resume", "model", "models", "pipelines", "synthetic", "json"}
+    skip = {"config", "command", "debug", "resume", "model", "models", "pipelines", "synthetic", "json", "seeds"}
     flags = {k: v for k, v in vars(args).items() if k not in skip}
     return from_mapping(flags, base=cfg, source="command line")
 
@@ -141,27 +150,43 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from archbench.compare import delta_lines, evaluate_best, protocol_note, table_markdown, write_outputs
+    from archbench.compare import (delta_lines, evaluate_best, protocol_note, table_markdown, write_final,
+                                   write_outputs)
     from archbench.plots import plot_overlay, plot_run
+    from archbench.report import write_report
     from archbench.runner import Run
 
     cfg = config_from_args(args)
-    if len(set(args.models)) != len(args.models):
-        raise ArchbenchError(f"a model is named twice in {' '.join(args.models)}; name each once")
-    runs = [Run(cfg.replace(model=m), Path(cfg.out) / m, log) for m in args.models]
+    for what, values in (("model", args.models), ("seed", args.seeds or [])):
+        if len(set(values)) != len(values):
+            raise ArchbenchError(f"a {what} is named twice in {' '.join(map(str, values))}; name each once")
+    out = Path(cfg.out)
+    runs = [Run(cfg.replace(model=m), out / m, log) if seed is None else
+            Run(cfg.replace(model=m, seed=seed), out / m / f"seed{seed}", log)
+            for m in args.models for seed in (args.seeds or [None])]
     data = _data_loader(cfg)
     for run in runs:  # a finished run is reused, an unfinished one resumed
         run.train(data, resume=True)
         plot_run(run.run_dir)
     results = [evaluate_best(run.run_dir, data(), run.device) for run in runs]
-    out = Path(cfg.out)
+    for r in results:
+        write_final(r)
     write_outputs(out, results, protocol_note(runs[0].cfg))
     if len(runs) > 1:
         plot_overlay([r.run_dir for r in runs], out)
+    report = write_report(out)
     log("\n" + table_markdown(results))
     for line in delta_lines(results):
         log(line)
-    log(f"\nWrote {out / 'comparison.md'}, {out / 'comparison.csv'} and plots under {out}")
+    log(f"\nWrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {report[0]}, {report[1]} and plots under {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from archbench.report import write_report
+
+    md, html = write_report(args.out_dir)
+    log(f"Wrote {md} and {html}")
     return 0
 
 
@@ -237,15 +262,16 @@ def cmd_eval(args) -> int:
 
 
 def _run_dirs(paths: list[Path]) -> list[Path]:
+    """Run folders: the paths themselves, or every folder below them that holds a history."""
     found = []
     for p in paths:
         if (p / "history.jsonl").is_file() or (p / "history.csv").is_file():
             found.append(p)
-        else:
-            inner = sorted(d for d in p.glob("*/") if (d / "history.jsonl").is_file() or (d / "history.csv").is_file())
-            if not inner:
-                raise ArchbenchError(f"{p}: no history files here or in its sub-folders; pass run folders")
-            found.extend(inner)
+            continue
+        inner = sorted({h.parent for name in ("history.jsonl", "history.csv") for h in p.rglob(name)})
+        if not inner:
+            raise ArchbenchError(f"{p}: no history files here or in its sub-folders; pass run folders")
+        found.extend(inner)
     return found
 
 
@@ -261,7 +287,8 @@ def cmd_plot(args) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "train": cmd_train, "compare": cmd_compare, "bench": cmd_bench, "eval": cmd_eval,
+COMMANDS = {"models": cmd_models, "train": cmd_train, "compare": cmd_compare, "report": cmd_report,
+            "bench": cmd_bench, "eval": cmd_eval,
             "plot": cmd_plot}
 
 

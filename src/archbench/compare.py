@@ -1,13 +1,16 @@
 """The study's final comparison: reload each run's best weights, evaluate them on the
 same test data, and report ``Model | Test Loss | Test Acc(%) | #Params(M) | Best Val(%)``
-with the accuracy difference in percentage points.
+per model (mean ± std over seeds) with the accuracy difference in percentage points and,
+given several seeds, its Welch confidence interval.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 
 import torch
@@ -20,12 +23,17 @@ from archbench.engine import evaluate
 from archbench.io_utils import atomic_write_text
 from archbench.models import count_parameters
 from archbench.runner import CONFIG_NAME, exact_mask
+from archbench.stats import summary, welch
 from archbench.training import build_model
+
+
+FINAL_NAME = "final.json"  # the best weights' test evaluation, written into each run folder
 
 
 @dataclass(frozen=True)
 class Result:
     model: str
+    seed: int
     test_loss: float
     test_acc: float
     params: int
@@ -48,25 +56,48 @@ def evaluate_best(run_dir: Path, data: Cifar10, device: torch.device, batch_size
     checkpoint.load_weights(model, ckpt["model"], path, cfg.model)
     ev = evaluate(model, test_pipeline(data, batch_size, device).test_batches(), device,
                   exact_mask(data, device), cfg.precision)
-    return Result(cfg.model, ev["loss"], ev["acc"], count_parameters(model), ckpt["val_acc"],
+    return Result(cfg.model, cfg.seed, ev["loss"], ev["acc"], count_parameters(model), ckpt["val_acc"],
                   ckpt["epoch"], ev.get("acc_exact"), ev["images"], ev.get("images_exact"), str(run_dir))
 
 
-def _has_exact(results: list[Result]) -> bool:
-    return any(r.test_acc_exact is not None for r in results)
+def write_final(result: Result) -> None:
+    atomic_write_text(Path(result.run_dir) / FINAL_NAME, json.dumps(asdict(result), indent=2) + "\n")
+
+
+def read_final(run_dir: Path) -> Result | None:
+    path = Path(run_dir) / FINAL_NAME
+    return Result(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def by_model(results: list[Result]) -> dict[str, list[Result]]:
+    """Results grouped per model, in first-seen order."""
+    groups: dict[str, list[Result]] = {}
+    for r in results:
+        groups.setdefault(r.model, []).append(r)
+    return groups
 
 
 def table_markdown(results: list[Result]) -> str:
-    exact = _has_exact(results)
-    head = ["Model", "Test Loss", "Test Acc(%)", "#Params(M)", "Best Val(%)"] + (["Exact Acc(%)¹"] if exact else [])
+    """The study's table, one row per model: mean ± std over its seeds, and n."""
+    groups = by_model(results)
+    exact = any(r.test_acc_exact is not None for r in results)
+    head = ["Model", "Test Loss", "Test Acc(%)", "#Params(M)", "Best Val(%)"] + \
+        (["Exact Acc(%)¹"] if exact else []) + ["n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for r in results:
-        cells = [r.model, f"{r.test_loss:.4f}", f"{r.test_acc:.2f}", f"{r.params / 1e6:.2f}",
-                 f"{r.best_val:.2f} (epoch {r.best_epoch})"]
+    for model, rs in groups.items():
+        best = summary([r.best_val for r in rs]).text()
+        if len(rs) == 1:
+            best += f" (epoch {rs[0].best_epoch})"
+        cells = [model, summary([r.test_loss for r in rs]).text(".4f"), summary([r.test_acc for r in rs]).text(),
+                 f"{rs[0].params / 1e6:.2f}", best]
         if exact:
-            cells.append("—" if r.test_acc_exact is None else f"{r.test_acc_exact:.2f}")
+            ex = [r.test_acc_exact for r in rs if r.test_acc_exact is not None]
+            cells.append(summary(ex).text() if ex else "—")
+        cells.append(str(len(rs)))
         lines.append("| " + " | ".join(cells) + " |")
     out = "\n".join(lines) + "\n"
+    if any(len(rs) > 1 for rs in groups.values()):
+        out += "\nCells are mean ± sample standard deviation over n seeds.\n"
     if exact:
         r0 = next(r for r in results if r.images_exact is not None)
         out += (f"\n¹ Accuracy on the {r0.images_exact:,} of {r0.images:,} test images that are "
@@ -75,27 +106,34 @@ def table_markdown(results: list[Result]) -> str:
 
 
 def delta_lines(results: list[Result]) -> list[str]:
-    """Δ accuracy of the first model against each other one, in percentage points."""
-    a = results[0]
-    return [f"Δ Accuracy ({a.model} − {b.model}) = {a.test_acc - b.test_acc:+.2f} pp" for b in results[1:]]
+    """Δ test accuracy of the first model against each other one, in percentage points."""
+    groups = list(by_model(results).items())
+    (a, ra) = groups[0]
+    return [f"Δ Accuracy ({a} − {b}) = {welch([r.test_acc for r in ra], [r.test_acc for r in rb]).text()}"
+            for b, rb in groups[1:]]
+
+
+def selection_note(cfg: Config) -> str:
+    if cfg.val_split:
+        return (f"Best epochs are selected on {cfg.val_split:,} held-out training images; the test set is "
+                f"used only for the final evaluation.")
+    return ("Best epochs are selected on the test set, as in the study, so Best Val and the test "
+            "accuracy of the best epoch are optimistic; use --val-split N for an unbiased selection.")
 
 
 def protocol_note(cfg: Config) -> str:
     return (f"Protocol: {cfg.epochs} epochs, batch {cfg.batch_size}, SGD momentum {cfg.momentum}, "
             f"weight decay {cfg.weight_decay}, MultiStepLR milestones {list(cfg.milestones)} gamma "
-            f"{cfg.gamma}, seed {cfg.seed}, {cfg.pipeline} pipeline. Best Val is selected on the test "
-            f"set, as in the study.")
+            f"{cfg.gamma}, {cfg.pipeline} pipeline, {cfg.precision}. {selection_note(cfg)}")
 
 
 def write_outputs(out_dir: Path, results: list[Result], note: str) -> None:
     buf = io.StringIO()
+    fields = [f.name for f in dataclass_fields(Result)]
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["model", "test_loss", "test_acc", "params", "best_val", "best_epoch",
-                "test_acc_exact", "images", "images_exact", "run_dir"])
+    w.writerow(fields)
     for r in results:
-        w.writerow([r.model, f"{r.test_loss:.6f}", f"{r.test_acc:.4f}", r.params, f"{r.best_val:.4f}",
-                    r.best_epoch, "" if r.test_acc_exact is None else f"{r.test_acc_exact:.4f}",
-                    r.images, "" if r.images_exact is None else r.images_exact, r.run_dir])
+        w.writerow(["" if getattr(r, f) is None else getattr(r, f) for f in fields])
     atomic_write_text(Path(out_dir) / "comparison.csv", buf.getvalue())
     md = "# archbench comparison\n\n" + table_markdown(results) + "\n" + "\n".join(
         f"{d}  " for d in delta_lines(results)) + f"\n\n{note}\n"

@@ -38,10 +38,12 @@ class Config:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     train_subset: int | None = None
     test_subset: int | None = None
+    val_split: int | None = None  # hold out this many training images to select the best epoch on
     # Where and how: these do not change the numbers a run produces.
     device: str = "auto"
     compile: bool = False  # torch.compile the training forward pass
     cuda_graphs: bool = False  # replay training steps from captured CUDA graphs
+    grad_norms_per_epoch: int = 4  # times per epoch the per-layer gradient norms are recorded (0: off)
     data_dir: str | None = None
     download: bool = False
     verify_data: bool = True
@@ -61,7 +63,7 @@ class Config:
 # reused by a config that agrees on all of them.
 PROTOCOL_FIELDS = (
     "model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones",
-    "gamma", "seed", "pipeline", "workers", "train_subset", "test_subset", "precision",
+    "gamma", "seed", "pipeline", "workers", "train_subset", "test_subset", "val_split", "precision",
 )
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
@@ -93,7 +95,9 @@ def validate(cfg: Config) -> Config:
     _require(_is_int(cfg.seed) and cfg.seed >= 0, "seed", "an integer >= 0", cfg.seed)
     _require(cfg.pipeline in PIPELINES, "pipeline", ", ".join(PIPELINES), cfg.pipeline)
     _require(_is_int(cfg.workers) and cfg.workers >= 0, "workers", "an integer >= 0", cfg.workers)
-    for name in ("train_subset", "test_subset"):
+    _require(_is_int(cfg.grad_norms_per_epoch) and cfg.grad_norms_per_epoch >= 0, "grad_norms_per_epoch",
+             "an integer >= 0 (0 turns the recording off)", cfg.grad_norms_per_epoch)
+    for name in ("train_subset", "test_subset", "val_split"):
         v = getattr(cfg, name)
         _require(v is None or (_is_int(v) and v >= 1), name, "an integer >= 1 or unset", v)
     _require(cfg.device in DEVICES, "device", ", ".join(DEVICES), cfg.device)

@@ -86,16 +86,25 @@ class TrainStep:
         self.compute(x, y, tally)
         tally.images += y.shape[0]
 
+    def grads_of(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The gradients the last step computed for ``params``."""
+        return [p.grad for p in params]
+
 
 def train_one_epoch(model: nn.Module, batches: Batches, step: Callable, device: torch.device,
-                    tally: Tally | None = None) -> dict:
-    """One pass of ``step`` over ``batches``: mean loss, accuracy (%), images, seconds."""
+                    tally: Tally | None = None, after_step: Callable[[int], None] | None = None) -> dict:
+    """One pass of ``step`` over ``batches``: mean loss, accuracy (%), images, seconds.
+
+    ``after_step(i)``, if given, runs after step ``i`` (0-based), e.g. to record gradients.
+    """
     model.train()
     tally = tally or Tally(device)
     tally.reset()
     start = time.perf_counter()
-    for x, y in batches:
+    for i, (x, y) in enumerate(batches):
         step(x, y, tally)
+        if after_step is not None:
+            after_step(i)
     if tally.images == 0:
         raise ValueError("train_one_epoch got no batches")
     first_bad = int(tally.first_bad)  # the pass's one host sync

@@ -29,7 +29,8 @@ class GraphedTrainStep:
         if eager.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
         self.eager = eager
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, dict]] = {}
+        self._last_grads: dict = {}
         self.tally: Tally | None = None
         self.capture_seconds = 0.0
 
@@ -45,11 +46,15 @@ class GraphedTrainStep:
             if any(k[2] != key[2] for k in self.graphs):
                 self.graphs.clear()  # the learning rate changed: older graphs are stale
             self.graphs[key] = self._capture(x, y, tally)
-        graph, static_x, static_y = self.graphs[key]
+        graph, static_x, static_y, self._last_grads = self.graphs[key]
         static_x.copy_(x)
         static_y.copy_(y)
         graph.replay()
         tally.images += y.shape[0]
+
+    def grads_of(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The gradients the last replayed graph wrote (each graph has its own)."""
+        return [self._last_grads[id(p)] for p in params]
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor, tally: Tally):
         start = time.perf_counter()
@@ -78,7 +83,8 @@ class GraphedTrainStep:
             self.eager.compute(static_x, static_y, tally)
         torch.cuda.synchronize()
         self.capture_seconds += time.perf_counter() - start
-        return graph, static_x, static_y
+        grads = {id(p): p.grad for p in model.parameters()}
+        return graph, static_x, static_y, grads
 
 
 def _ensure_momentum_buffers(opt: torch.optim.Optimizer) -> None:

@@ -8,20 +8,21 @@ loop itself is in ``engine``; this module decides what happens around it.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from archbench import checkpoint, history
+from archbench import checkpoint, gradflow, history
 from archbench.config import Config, protocol_mismatch, resolve, write_json
 from archbench.data.pipelines import build_pipeline, num_batches
 from archbench.data.sources import NUM_CLASSES, Cifar10, load_cifar10
-from archbench.data.subsets import balanced_indices
+from archbench.data.subsets import balanced_indices, stratified_holdout
 from archbench.engine import Tally, evaluate, train_one_epoch
 from archbench.errors import ArchbenchError, DivergenceError
+from archbench.gradflow import GradFlow
 from archbench.lock import run_lock
 from archbench.models import count_parameters
 from archbench.schedule import multistep_lr
@@ -49,6 +50,13 @@ def take_subsets(data: Cifar10, train_subset: int | None, test_subset: int | Non
     return Cifar10(x_tr, y_tr, x_te, y_te, exact, data.source)
 
 
+def hold_out_validation(data: Cifar10, n: int, seed: int) -> Cifar10:
+    """The data a run with ``--val-split n`` trains on: its "test" split is the held-out images."""
+    keep, held = stratified_holdout(data.y_train, n, NUM_CLASSES, seed)
+    return Cifar10(data.x_train[keep], data.y_train[keep], data.x_train[held], data.y_train[held], None,
+                   f"{data.source}, {n} training images held out for validation")
+
+
 def exact_mask(data: Cifar10, device: torch.device) -> torch.Tensor | None:
     """Pixel-exact test images, only when some images are not (else nothing to report)."""
     if data.test_exact is None or bool(np.all(data.test_exact)):
@@ -62,6 +70,7 @@ class RunState:
     best_acc: float
     best_epoch: int
     records: list[dict]
+    gradflow: list[list[float]] = field(default_factory=list)  # rows of gradflow.csv
 
 
 def make_dir(path: Path) -> None:
@@ -118,7 +127,8 @@ class Run:
         opt.load_state_dict(ckpt["optimizer"])
         adopt_optimizer_impl(opt, self.device)
         checkpoint.set_rng_state(ckpt["rng"])
-        return RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], list(ckpt["history"]))
+        return RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], list(ckpt["history"]),
+                        list(ckpt.get("gradflow", [])))
 
     # -- training ------------------------------------------------------------
 
@@ -134,12 +144,15 @@ class Run:
         model, opt, state = self._fresh()
         if _has_run_to_continue(self.run_dir, resume):
             state = self._restore(model, opt)
+        gradflow.sync(self.run_dir, [n for n, _ in gradflow.tracked_layers(model)], state.gradflow)
         if state.epoch >= cfg.epochs:
             history.sync(self.run_dir, state.records)
             self.log(f"[{cfg.model}] finished run found in {self.run_dir} "
                      f"({state.epoch} epochs, best val {state.best_acc:.2f}%); reusing it")
             return state
         data = data_fn()  # before writing anything: bad data leaves no half-made run behind
+        if cfg.val_split:
+            data = hold_out_validation(data, cfg.val_split, cfg.seed)
         history.sync(self.run_dir, state.records)
         write_json(cfg, self.run_dir / CONFIG_NAME)
         if state.epoch:
@@ -147,18 +160,20 @@ class Run:
         pipe = build_pipeline(cfg.pipeline, data, cfg.batch_size, cfg.seed, self.device, cfg.workers)
         exact = exact_mask(data, self.device)
         step, tally = build_step(model, opt, cfg, self.device), Tally(self.device)
+        grads = GradFlow(model, num_batches(pipe.train_size, cfg.batch_size), cfg.grad_norms_per_epoch)
         if state.epoch == 0:
             self.log(f"[{cfg.model}] {count_parameters(model):,} parameters | {pipe.train_size} train / "
                      f"{pipe.test_size} test images | {cfg.pipeline} pipeline, {cfg.precision} on {self.device} | "
                      f"out {self.run_dir}")
         for epoch in range(state.epoch, cfg.epochs):
-            record = self._epoch(model, opt, step, tally, pipe, exact, epoch)
-            self._commit_epoch(model, opt, state, record)
+            record = self._epoch(model, opt, step, tally, pipe, exact, epoch, grads)
+            state.gradflow += grads.take(epoch + 1)
+            self._commit_epoch(model, opt, state, record, grads.names)
             if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
                 self.log(summary_line(cfg.model, record, cfg.epochs))
         return state
 
-    def _commit_epoch(self, model, opt, state: RunState, record: dict) -> None:
+    def _commit_epoch(self, model, opt, state: RunState, record: dict, layer_names: list[str]) -> None:
         """Persist a finished epoch: best weights, then the resumable checkpoint, then history.
 
         In this order a crash at any point leaves a consistent run: the checkpoint carries
@@ -176,11 +191,13 @@ class Run:
             "model_name": cfg.model, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "epoch": epoch, "best_acc": state.best_acc, "best_epoch": state.best_epoch,
             "rng": checkpoint.rng_state(), "config": cfg.to_dict(), "history": state.records,
+            "gradflow": state.gradflow,
             "schedule": {"kind": "multistep", "base_lr": cfg.lr,
                          "milestones": list(cfg.milestones), "gamma": cfg.gamma}})
         history.append_record(self.run_dir, record)
+        gradflow.sync(self.run_dir, layer_names, state.gradflow)
 
-    def _epoch(self, model, opt, step, tally, pipe, exact, epoch: int) -> dict:
+    def _epoch(self, model, opt, step, tally, pipe, exact, epoch: int, grads: GradFlow) -> dict:
         cfg = self.cfg
         lr = multistep_lr(epoch, cfg.lr, cfg.milestones, cfg.gamma)
         for group in opt.param_groups:
@@ -188,7 +205,8 @@ class Run:
         batches = progress(pipe.train_batches(epoch), num_batches(pipe.train_size, cfg.batch_size),
                            f"{cfg.model} {epoch + 1}/{cfg.epochs} train", cfg.quiet)
         try:
-            tr = train_one_epoch(model, batches, step, self.device, tally)
+            tr = train_one_epoch(model, batches, step, self.device, tally,
+                                 after_step=lambda i: grads.after_step(i, step.grads_of))
         except DivergenceError as e:
             kept = f"keeps the checkpoint of epoch {epoch}" if epoch else "has no checkpoint yet"
             raise DivergenceError(

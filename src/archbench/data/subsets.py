@@ -23,3 +23,19 @@ def balanced_indices(labels: np.ndarray, n: int, num_classes: int, what: str = "
             f"{counts.min()} in its smallest class; choose a smaller {what}")
     picked = [np.flatnonzero(labels == c)[: want[c]] for c in range(num_classes)]
     return np.sort(np.concatenate(picked))
+
+
+def stratified_holdout(labels: np.ndarray, n: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) indices: ``n`` images held out, as evenly over classes as possible,
+    chosen at random within each class from ``seed``; both index arrays sorted."""
+    counts = np.bincount(labels, minlength=num_classes)
+    want = np.full(num_classes, n // num_classes)
+    want[: n % num_classes] += 1
+    if n >= len(labels) or np.any(want >= counts):
+        raise ArchbenchError(f"--val-split {n} leaves no training images of some class "
+                             f"(the training set has {len(labels)} images); choose a smaller --val-split")
+    rng = np.random.default_rng([seed, 0x5EED])
+    held = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: want[c]] for c in range(num_classes)])
+    mask = np.zeros(len(labels), bool)
+    mask[held] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)

@@ -1,0 +1,80 @@
+"""Gradient flow: per-layer gradient L2 norms, a few times per epoch, without host syncs.
+
+The weights of every conv and linear layer are tracked, input to output. Norms are
+computed on the device right after a step (one fused ``_foreach_norm``), kept there,
+and copied to the host once per epoch. Saved per run as ``gradflow.csv``: columns
+``epoch``, ``t`` (position in epochs, e.g. 2.25 = a quarter into epoch 3), then one
+column per layer.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from archbench.io_utils import atomic_write_text
+
+FILE_NAME = "gradflow.csv"
+
+
+def tracked_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(f"{name}.weight", m.weight) for name, m in model.named_modules()
+            if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+class GradFlow:
+    def __init__(self, model: nn.Module, steps_per_epoch: int, per_epoch: int):
+        self.layers = tracked_layers(model)
+        self.names = [n for n, _ in self.layers]
+        self.params = [p for _, p in self.layers]
+        self.steps_per_epoch = steps_per_epoch
+        self.every = max(1, steps_per_epoch // per_epoch) if per_epoch > 0 else 0
+        self._norms: list[torch.Tensor] = []
+        self._steps: list[int] = []
+
+    def after_step(self, step: int, grads_of) -> None:
+        """Called after training step ``step`` (0-based) of an epoch; ``grads_of(params)`` gives its grads."""
+        if self.every and step % self.every == self.every - 1:
+            self._norms.append(torch.stack(torch._foreach_norm(grads_of(self.params))).float())
+            self._steps.append(step)
+
+    def take(self, epoch: int) -> list[list[float]]:
+        """This epoch's rows (``epoch`` 1-based), moving the norms to the host once."""
+        if not self._norms:
+            return []
+        norms = torch.stack(self._norms).cpu().tolist()
+        rows = [[epoch, round(epoch - 1 + (s + 1) / self.steps_per_epoch, 6), *n]
+                for s, n in zip(self._steps, norms)]
+        self._norms, self._steps = [], []
+        return rows
+
+
+def sync(run_dir: Path, names: list[str], rows: list[list[float]]) -> None:
+    """Make ``gradflow.csv`` hold exactly ``rows`` (those kept in the checkpoint); no-op if it does."""
+    if not rows:
+        return
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["epoch", "t", *names])
+    w.writerows(rows)
+    path = Path(run_dir) / FILE_NAME
+    try:
+        if path.read_text() == buf.getvalue():
+            return
+    except OSError:
+        pass
+    atomic_write_text(path, buf.getvalue())
+
+
+def read(run_dir: Path) -> tuple[list[str], list[list[float]]] | None:
+    path = Path(run_dir) / FILE_NAME
+    if not path.is_file():
+        return None
+    rows = list(csv.reader(io.StringIO(path.read_text())))
+    if len(rows) < 2:
+        return None
+    return rows[0][2:], [[float(v) for v in r] for r in rows[1:]]
