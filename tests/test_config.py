@@ -41,6 +41,7 @@ INVALID = [
     ("train_subset", 0), ("test_subset", -5), ("device", "tpu"), ("data_dir", ""), ("download", "yes"),
     ("verify_data", 1), ("out", ""), ("quiet", "no"), ("precision", "fp16"), ("compile", "yes"),
     ("cuda_graphs", 1), ("val_split", 0), ("grad_norms_per_epoch", -1),
+    ("tensorboard", "on"),
 ]
 
 

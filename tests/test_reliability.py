@@ -56,6 +56,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     oa, ob = checkpoint.load(a / "last.pt")["optimizer"], checkpoint.load(b / "last.pt")["optimizer"]
     assert all(torch.equal(oa["state"][k]["momentum_buffer"], ob["state"][k]["momentum_buffer"])
                for k in ob["state"])
+    assert (a / "gradflow.csv").read_bytes() == (b / "gradflow.csv").read_bytes()
     assert not list(a.glob(".*.tmp")), "temp files of killed writes were left behind"
 
 

@@ -203,3 +203,17 @@ def test_evaluate_reports_exact_subset():
     ev = evaluate(Fixed(), batches, torch.device("cpu"), exact)
     assert ev["acc"] == pytest.approx(100 * 3 / 6)
     assert ev["acc_exact"] == pytest.approx(100 * 2 / 4) and ev["images_exact"] == 4
+
+
+def test_tensorboard_logs_per_epoch_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    d = tmp_path / "r"
+    _train(d, _cfg(epochs=2, tensorboard=True))
+    acc = EventAccumulator(str(d / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"loss/train", "loss/val", "accuracy/train", "accuracy/val", "lr"} <= set(tags)
+    assert [e.step for e in acc.Scalars("lr")] == [1, 2]
+    assert [e.value for e in acc.Scalars("lr")] == pytest.approx([0.1, 0.01])
+    assert [e.value for e in acc.Scalars("accuracy/val")] == pytest.approx([r["val_acc"] for r in history.read(d)])

@@ -51,6 +51,7 @@ def _training_flags() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="default auto")
     r.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
     r.add_argument("--cuda-graphs", action="store_true", help="replay training steps from CUDA graphs")
+    r.add_argument("--tensorboard", action="store_true", help="also log per-epoch scalars for TensorBoard")
     r.add_argument("--grad-norms-per-epoch", type=int, metavar="K",
                    help="record per-layer gradient norms K times per epoch (default 4; 0: off)")
     r.add_argument("--data-dir", help="CIFAR-10 location (else $ARCHBENCH_DATA, ./data, ../shared/data/cifar10)")

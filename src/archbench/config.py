@@ -43,6 +43,7 @@ class Config:
     device: str = "auto"
     compile: bool = False  # torch.compile the training forward pass
     cuda_graphs: bool = False  # replay training steps from captured CUDA graphs
+    tensorboard: bool = False  # also log per-epoch scalars to RUN_DIR/tensorboard
     grad_norms_per_epoch: int = 4  # times per epoch the per-layer gradient norms are recorded (0: off)
     data_dir: str | None = None
     download: bool = False
@@ -105,7 +106,7 @@ def validate(cfg: Config) -> Config:
     _require(cfg.data_dir is None or (isinstance(cfg.data_dir, str) and cfg.data_dir != ""), "data_dir",
              "a folder or archive path, or unset", cfg.data_dir)
     _require(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
-    for name in ("download", "verify_data", "quiet", "compile", "cuda_graphs"):
+    for name in ("download", "verify_data", "quiet", "compile", "cuda_graphs", "tensorboard"):
         _require(isinstance(getattr(cfg, name), bool), name, "true or false", getattr(cfg, name))
     return cfg
 

@@ -161,6 +161,7 @@ class Run:
         exact = exact_mask(data, self.device)
         step, tally = build_step(model, opt, cfg, self.device), Tally(self.device)
         grads = GradFlow(model, num_batches(pipe.train_size, cfg.batch_size), cfg.grad_norms_per_epoch)
+        board = tensorboard_writer(self.run_dir, state.epoch) if cfg.tensorboard else None
         if state.epoch == 0:
             self.log(f"[{cfg.model}] {count_parameters(model):,} parameters | {pipe.train_size} train / "
                      f"{pipe.test_size} test images | {cfg.pipeline} pipeline, {cfg.precision} on {self.device} | "
@@ -169,8 +170,12 @@ class Run:
             record = self._epoch(model, opt, step, tally, pipe, exact, epoch, grads)
             state.gradflow += grads.take(epoch + 1)
             self._commit_epoch(model, opt, state, record, grads.names)
+            if board is not None:
+                log_scalars(board, record)
             if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
                 self.log(summary_line(cfg.model, record, cfg.epochs))
+        if board is not None:
+            board.close()
         return state
 
     def _commit_epoch(self, model, opt, state: RunState, record: dict, layer_names: list[str]) -> None:
@@ -219,6 +224,25 @@ class Run:
                 "val_loss": ev["loss"], "val_acc": ev["acc"], "val_acc_exact": ev.get("acc_exact"),
                 "train_seconds": tr["seconds"], "eval_seconds": ev["seconds"],
                 "epoch_seconds": tr["seconds"] + ev["seconds"]}
+
+
+def tensorboard_writer(run_dir: Path, epochs_done: int):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ArchbenchError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+    # purge_step hides events of epochs a crashed run logged but never checkpointed.
+    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=epochs_done + 1)
+
+
+def log_scalars(writer, record: dict) -> None:
+    e = record["epoch"]
+    for split in ("train", "val"):
+        writer.add_scalar(f"loss/{split}", record[f"{split}_loss"], e)
+        writer.add_scalar(f"accuracy/{split}", record[f"{split}_acc"], e)
+    writer.add_scalar("lr", record["lr"], e)
+    writer.add_scalar("seconds/epoch", record["epoch_seconds"], e)
+    writer.flush()
 
 
 def summary_line(model: str, r: dict, epochs: int) -> str:
