@@ -1,4 +1,4 @@
-"""Command line: ``archbench models | train | compare | eval | plot``.
+"""Command line: ``archbench models | train | compare | report | bench | eval | plot``.
 
 Flags only override: the config is defaults <- ``--config`` file <- flags, resolved and
 validated in ``config``. Errors a user can fix print one line and exit 1 (``--debug``
