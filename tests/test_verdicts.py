@@ -51,3 +51,6 @@ def test_verdicts_pair_each_resnet_with_each_other_model():
     pairs = [(v.hypothesis[:2], v.a, v.b) for v in verdicts({"resnet18": RES, "plain18": plain, "vgg19_bn": VGG})]
     assert pairs == [("H1", "resnet18", "plain18"), ("H2", "resnet18", "plain18"),
                      ("H1", "resnet18", "vgg19_bn"), ("H2", "resnet18", "vgg19_bn")]
+    deep = runs("resnet34", 21_282_122, [95.2, 95.3, 95.1], [5, 5, 6], [1.0, 1.1, 1.0])
+    pairs = [(v.a, v.b) for v in verdicts({"resnet34": deep, "plain18": plain})][::2]
+    assert pairs == []  # a plain net of another depth is no control for the shortcuts

@@ -86,12 +86,13 @@ def h2(a: list[RunFacts], b: list[RunFacts]) -> Verdict:
 
 
 def verdicts(runs: dict[str, list[RunFacts]]) -> list[Verdict]:
-    """Every H1/H2 verdict the compared models allow: each residual model against each other model."""
+    """Every H1/H2 verdict the compared models allow: each resnet against its same-depth plain
+    twin and against every non-ResNet-family model (VGG); plain nets of another depth are skipped."""
     out = []
-    residual = [m for m in runs if m.startswith("resnet")]
-    for a in residual:
+    for a in (m for m in runs if m.startswith("resnet")):
+        depth = a[len("resnet"):]
         for b in runs:
-            if b == a or b.startswith("resnet"):
+            if b.startswith("resnet") or (b.startswith("plain") and b != f"plain{depth}"):
                 continue
             out.append(h1(runs[a], runs[b]))
             out.append(h2(runs[a], runs[b]))
