@@ -15,8 +15,6 @@ batch of an epoch is replayed too.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from archbench.engine import Tally, TrainStep, autocast
@@ -32,7 +30,6 @@ class GraphedTrainStep:
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, dict]] = {}
         self._last_grads: dict = {}
         self.tally: Tally | None = None
-        self.capture_seconds = 0.0
 
     def _lr(self) -> tuple[float, ...]:
         return tuple(g["lr"] for g in self.eager.optimizer.param_groups)
@@ -57,7 +54,6 @@ class GraphedTrainStep:
         return [self._last_grads[id(p)] for p in params]
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor, tally: Tally):
-        start = time.perf_counter()
         model, opt = self.eager.model, self.eager.optimizer
         _ensure_momentum_buffers(opt)
         static_x, static_y = x.clone(), y.clone()
@@ -82,7 +78,6 @@ class GraphedTrainStep:
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.eager.compute(static_x, static_y, tally)
         torch.cuda.synchronize()
-        self.capture_seconds += time.perf_counter() - start
         grads = {id(p): p.grad for p in model.parameters()}
         return graph, static_x, static_y, grads
 
