@@ -21,6 +21,7 @@ from archbench.data.pipelines import build_pipeline, num_batches
 from archbench.data.sources import NUM_CLASSES, Cifar10, load_cifar10
 from archbench.data.subsets import balanced_indices, stratified_holdout
 from archbench.engine import Tally, evaluate, train_one_epoch
+from archbench.epoch_writer import EpochFiles, EpochWriter, host_copy
 from archbench.errors import ArchbenchError, DivergenceError
 from archbench.gradflow import GradFlow
 from archbench.lock import run_lock
@@ -166,41 +167,50 @@ class Run:
             self.log(f"[{cfg.model}] {count_parameters(model):,} parameters | {pipe.train_size} train / "
                      f"{pipe.test_size} test images | {cfg.pipeline} pipeline, {cfg.precision} on {self.device} | "
                      f"out {self.run_dir}")
-        for epoch in range(state.epoch, cfg.epochs):
-            record = self._epoch(model, opt, step, tally, pipe, exact, epoch, grads)
-            state.gradflow += grads.take(epoch + 1)
-            self._commit_epoch(model, opt, state, record, grads.names)
+        writer = EpochWriter(self.run_dir)
+        try:
+            for epoch in range(state.epoch, cfg.epochs):
+                record = self._epoch(model, opt, step, tally, pipe, exact, epoch, grads)
+                state.gradflow += grads.take(epoch + 1)
+                self._commit_epoch(writer, model, opt, state, record, grads.names)
+                if board is not None:
+                    log_scalars(board, record)
+                if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
+                    self.log(summary_line(cfg.model, record, cfg.epochs))
+        except BaseException:
+            writer.close(raise_errors=False)  # the epochs already handed over still land
+            raise
+        finally:
             if board is not None:
-                log_scalars(board, record)
-            if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
-                self.log(summary_line(cfg.model, record, cfg.epochs))
-        if board is not None:
-            board.close()
+                board.close()
+        writer.close()
         return state
 
-    def _commit_epoch(self, model, opt, state: RunState, record: dict, layer_names: list[str]) -> None:
-        """Persist a finished epoch: best weights, then the resumable checkpoint, then history.
+    def _commit_epoch(self, writer: EpochWriter, model, opt, state: RunState, record: dict,
+                      layer_names: list[str]) -> None:
+        """Hand a finished epoch to the writer: best weights, the resumable checkpoint, history.
 
-        In this order a crash at any point leaves a consistent run: the checkpoint carries
-        the history, and a resume replays an epoch whose checkpoint did not land.
+        The writer lands them in that order, so a crash at any point leaves a consistent
+        run: the checkpoint carries the history, and a resume replays an epoch whose
+        checkpoint did not land.
         """
         cfg, epoch = self.cfg, record["epoch"]
         state.records.append(record)
         state.epoch = epoch
+        weights = host_copy(model.state_dict(), self.device)
+        best = None
         if record["val_acc"] > state.best_acc:
             state.best_acc, state.best_epoch = record["val_acc"], epoch
-            checkpoint.save(self.run_dir / checkpoint.BEST, {
-                "model_name": cfg.model, "model": model.state_dict(), "epoch": epoch,
-                "val_acc": record["val_acc"], "config": cfg.to_dict()})
-        checkpoint.save(self.run_dir / checkpoint.LAST, {
-            "model_name": cfg.model, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            best = {"model_name": cfg.model, "model": weights, "epoch": epoch,
+                    "val_acc": record["val_acc"], "config": cfg.to_dict()}
+        last = {
+            "model_name": cfg.model, "model": weights, "optimizer": host_copy(opt.state_dict(), self.device),
             "epoch": epoch, "best_acc": state.best_acc, "best_epoch": state.best_epoch,
-            "rng": checkpoint.rng_state(), "config": cfg.to_dict(), "history": state.records,
-            "gradflow": state.gradflow,
+            "rng": checkpoint.rng_state(), "config": cfg.to_dict(), "history": list(state.records),
+            "gradflow": list(state.gradflow),
             "schedule": {"kind": "multistep", "base_lr": cfg.lr,
-                         "milestones": list(cfg.milestones), "gamma": cfg.gamma}})
-        history.append_record(self.run_dir, record)
-        gradflow.sync(self.run_dir, layer_names, state.gradflow)
+                         "milestones": list(cfg.milestones), "gamma": cfg.gamma}}
+        writer.submit(EpochFiles(last, [record], best, layer_names))
 
     def _epoch(self, model, opt, step, tally, pipe, exact, epoch: int, grads: GradFlow) -> dict:
         cfg = self.cfg
