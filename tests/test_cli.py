@@ -56,6 +56,7 @@ def test_compare_prints_the_study_table_and_writes_everything(compared):
     assert "| Model | Test Loss | Test Acc(%) | #Params(M) | Best Val(%) |" in stdout
     assert re.search(r"Δ Accuracy \(resnet18 − vgg19_bn\) = [+-]\d+\.\d\d pp", stdout)
     assert "epoch   1/2" in stdout  # the study's summary line at epoch 1
+    assert re.search(r"^compare took \d+\.\d s \(wall clock", stdout, re.M)
     for name in ("comparison.csv", "comparison.md", "overlay_loss.png", "overlay_accuracy.png"):
         assert (out / name).stat().st_size > 0, name
     for model in ("resnet18", "vgg19_bn"):

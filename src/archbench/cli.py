@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Callable
@@ -157,6 +158,7 @@ def cmd_compare(args) -> int:
     from archbench.report import write_report
     from archbench.runner import Run
 
+    started = time.perf_counter()
     cfg = config_from_args(args)
     for what, values in (("model", args.models), ("seed", args.seeds or [])):
         if len(set(values)) != len(values):
@@ -180,6 +182,7 @@ def cmd_compare(args) -> int:
     for line in delta_lines(results):
         log(line)
     log(f"\nWrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {report[0]}, {report[1]} and plots under {out}")
+    log(f"compare took {time.perf_counter() - started:.1f} s (wall clock, data loading to report)")
     return 0
 
 

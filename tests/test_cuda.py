@@ -1,0 +1,96 @@
+"""The CUDA-only speed paths against the eager step they replace. Skipped without a CUDA GPU.
+
+CUDA graphs replay captured kernels with baked-in addresses and learning rates, so
+the checks are end to end: whole epochs, a last partial batch, a learning-rate change
+and the gradient norms read between steps, each compared with the eager step.
+"""
+
+import json
+
+import pytest
+import torch
+
+from archbench.bench import synthetic_cifar
+from archbench.config import Config, resolve
+from archbench.data.pipelines import build_pipeline
+from archbench.engine import Tally, evaluate, train_one_epoch
+from archbench.epoch_writer import host_copy
+from archbench.gradflow import GradFlow
+from archbench.training import build_model, build_optimizer, build_step
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CUDA = torch.device("cuda")
+DATA = synthetic_cifar(200, 100)  # batch 64: three full batches and a partial one of 8
+
+
+def _train(epochs: int = 2, **options) -> tuple[list[dict], torch.nn.Module, list]:
+    cfg = resolve(Config(model="resnet18", batch_size=64, lr=0.05, device="cuda", precision="fp32",
+                         **options), "cuda")
+    model = build_model(cfg, CUDA)
+    opt = build_optimizer(model, cfg, CUDA)
+    step, tally = build_step(model, opt, cfg, CUDA), Tally(CUDA)
+    pipe = build_pipeline("fast", DATA, cfg.batch_size, cfg.seed, CUDA)
+    grads = GradFlow(model, 4, 4)
+    results, norms = [], []
+    for epoch in range(epochs):
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * (0.1 if epoch else 1.0)  # a new learning rate: a new capture
+        tr = train_one_epoch(model, pipe.train_batches(epoch), step, CUDA, tally,
+                             after_step=lambda i: grads.after_step(i, step.grads_of))
+        ev = evaluate(model, pipe.test_batches(), CUDA, None, cfg.precision)
+        results.append({"train_loss": tr["loss"], "train_acc": tr["acc"], "val_acc": ev["acc"]})
+        norms += grads.take(epoch + 1)
+    return results, model, norms
+
+
+def test_graphed_epochs_match_eager_ones():
+    eager, eager_model, eager_norms = _train()
+    graphed, graphed_model, graphed_norms = _train(cuda_graphs=True)
+    for e, g in zip(eager, graphed):
+        assert g["train_loss"] == pytest.approx(e["train_loss"], rel=1e-3)
+    # The same updates, up to cuDNN's algorithm choice and atomics.
+    for (name, a), b in zip(eager_model.state_dict().items(), graphed_model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), name
+    assert len(eager_norms) == len(graphed_norms) == 8
+    for a, b in zip(eager_norms, graphed_norms):
+        assert a[:2] == b[:2] and b[2:] == pytest.approx(a[2:], rel=1e-3)
+
+
+def test_graphs_undo_their_warm_up_bn_statistics_and_batch_counters():
+    _, model, _ = _train(epochs=1, cuda_graphs=True)
+    counts = {int(b) for n, b in model.named_buffers() if n.endswith("num_batches_tracked")}
+    assert counts == {4}  # four real steps; the capture's warm-up passes left no trace
+
+
+@pytest.mark.parametrize("options", [{"compile": True}, {"compile": True, "cuda_graphs": True}])
+def test_compiled_paths_train_like_eager(options):
+    eager, _, _ = _train(epochs=1)
+    fast, _, _ = _train(epochs=1, **options)
+    assert fast[0]["train_loss"] == pytest.approx(eager[0]["train_loss"], rel=1e-2)
+
+
+def test_bf16_default_trains_with_fp32_master_weights():
+    cfg = resolve(Config(model="resnet18", device="cuda"), "cuda")
+    assert cfg.precision == "bf16"
+    model = build_model(cfg, CUDA)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_host_copy_of_cuda_tensors_is_pinned_and_equal():
+    t = torch.randn(1000, device=CUDA)
+    snap = host_copy({"t": t}, CUDA)["t"]
+    assert snap.device.type == "cpu" and snap.is_pinned() and torch.equal(snap, t.cpu())
+
+
+def test_bench_on_cuda_reports_peak_fraction_and_memory(tmp_path):
+    from test_cli import archbench
+
+    out = tmp_path / "bench.json"
+    archbench("bench", "resnet18", "--synthetic", "--device", "cuda", "--train-subset", "2048",
+              "--test-subset", "1000", "--epochs", "1", "--quiet", "--json", out)
+    rows = {r["pipeline"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["fast"]["peak_memory_mib"] > 0 and rows["fast"]["speedup"] > 1
+    if any(k in torch.cuda.get_device_name() for k in ("H100", "H200", "A100")):
+        assert 0 < rows["fast"]["percent_of_peak"] < 100
