@@ -78,6 +78,20 @@ def test_bf16_default_trains_with_fp32_master_weights():
     assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_a_step_that_cannot_be_captured_is_one_clear_error():
+    from archbench.engine import TrainStep
+    from archbench.errors import ArchbenchError
+    from archbench.graphs import GraphedTrainStep
+
+    model = torch.nn.Linear(4, 2).to(CUDA)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    syncing = lambda x: model(x) * float(x.sum())  # reads a value back to the host: not capturable
+    step = GraphedTrainStep(TrainStep(model, opt, CUDA, "fp32", syncing))
+    with pytest.raises(ArchbenchError, match="capturing the training step as a CUDA graph failed .*"
+                                             "run without --cuda-graphs"):
+        step(torch.randn(8, 4, device=CUDA), torch.randint(0, 2, (8,), device=CUDA), Tally(CUDA))
+
+
 def test_host_copy_of_cuda_tensors_is_pinned_and_equal():
     t = torch.randn(1000, device=CUDA)
     snap = host_copy({"t": t}, CUDA)["t"]

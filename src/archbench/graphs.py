@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from archbench.engine import Tally, TrainStep, autocast
+from archbench.errors import ArchbenchError
 
 WARMUP_STEPS = 2  # forward/backward passes on a side stream before capture (cuDNN/cuBLAS set-up)
 
@@ -42,7 +43,7 @@ class GraphedTrainStep:
         if key not in self.graphs:
             if any(k[2] != key[2] for k in self.graphs):
                 self.graphs.clear()  # the learning rate changed: older graphs are stale
-            self.graphs[key] = self._capture(x, y, tally)
+            self.graphs[key] = self._capture_or_explain(x, y, tally)
         graph, static_x, static_y, self._last_grads = self.graphs[key]
         static_x.copy_(x)
         static_y.copy_(y)
@@ -52,6 +53,14 @@ class GraphedTrainStep:
     def grads_of(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
         """The gradients the last replayed graph wrote (each graph has its own)."""
         return [self._last_grads[id(p)] for p in params]
+
+    def _capture_or_explain(self, x: torch.Tensor, y: torch.Tensor, tally: Tally):
+        try:
+            return self._capture(x, y, tally)
+        except RuntimeError as e:  # e.g. an operation that syncs with the host, or a custom model's
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ArchbenchError(f"capturing the training step as a CUDA graph failed ({first_line}); "
+                                 f"run without --cuda-graphs") from e
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor, tally: Tally):
         model, opt = self.eager.model, self.eager.optimizer
