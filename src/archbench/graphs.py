@@ -15,6 +15,9 @@ batch of an epoch is replayed too.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+from typing import Callable
+
 import torch
 
 from archbench.engine import Tally, TrainStep, autocast
@@ -23,12 +26,49 @@ from archbench.errors import ArchbenchError
 WARMUP_STEPS = 2  # forward/backward passes on a side stream before capture (cuDNN/cuBLAS set-up)
 
 
+class CudaGraphs:
+    """The CUDA calls a capture needs, in one place (tests stand in host equivalents)."""
+
+    def side_stream(self) -> AbstractContextManager:
+        """A context running work on a fresh stream, ordered after and before the current one."""
+        return _SideStream()
+
+    def rng_state(self) -> torch.Tensor:
+        return torch.cuda.get_rng_state()
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        torch.cuda.set_rng_state(state)
+
+    def capture(self, body: Callable[[], None]) -> Callable[[], None]:
+        """Record ``body``'s kernels without running them; returns the replay."""
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the checkpoint writer or a DataLoader's pin-memory thread may
+        # touch CUDA (events, pinned memory) while this thread captures.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            body()
+        torch.cuda.synchronize()
+        return graph.replay
+
+
+class _SideStream:
+    def __enter__(self):
+        self.stream = torch.cuda.Stream()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        self.ctx = torch.cuda.stream(self.stream)
+        self.ctx.__enter__()
+
+    def __exit__(self, *exc):
+        self.ctx.__exit__(*exc)
+        torch.cuda.current_stream().wait_stream(self.stream)
+        return False
+
+
 class GraphedTrainStep:
-    def __init__(self, eager: TrainStep):
-        if eager.device.type != "cuda":
-            raise ValueError("CUDA graphs need a CUDA device")
+    def __init__(self, eager: TrainStep, cuda: CudaGraphs | None = None):
         self.eager = eager
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, dict]] = {}
+        self.cuda = cuda or CudaGraphs()
+        # (shape, dtype, lr) -> (replay, static input, static labels, {id(param): its grad})
+        self.graphs: dict[tuple, tuple[Callable[[], None], torch.Tensor, torch.Tensor, dict]] = {}
         self._last_grads: dict = {}
         self.tally: Tally | None = None
 
@@ -44,10 +84,10 @@ class GraphedTrainStep:
             if any(k[2] != key[2] for k in self.graphs):
                 self.graphs.clear()  # the learning rate changed: older graphs are stale
             self.graphs[key] = self._capture_or_explain(x, y, tally)
-        graph, static_x, static_y, self._last_grads = self.graphs[key]
+        replay, static_x, static_y, self._last_grads = self.graphs[key]
         static_x.copy_(x)
         static_y.copy_(y)
-        graph.replay()
+        replay()
         tally.images += y.shape[0]
 
     def grads_of(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -67,28 +107,21 @@ class GraphedTrainStep:
         _ensure_momentum_buffers(opt)
         static_x, static_y = x.clone(), y.clone()
         saved_buffers = [b.clone() for b in model.buffers()]
-        saved_rng = torch.cuda.get_rng_state()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+        saved_rng = self.cuda.rng_state()
+        with self.cuda.side_stream():
             for _ in range(WARMUP_STEPS):
                 opt.zero_grad(set_to_none=True)
                 with autocast(self.eager.device, self.eager.precision):
                     logits = self.eager.forward(static_x)
                 torch.nn.functional.cross_entropy(logits.float(), static_y).backward()
-        torch.cuda.current_stream().wait_stream(side)
         with torch.no_grad():  # undo the warm-up: BN statistics, batch counters, RNG
             for b, saved in zip(model.buffers(), saved_buffers):
                 b.copy_(saved)
-        torch.cuda.set_rng_state(saved_rng)
+        self.cuda.set_rng_state(saved_rng)
         opt.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: a DataLoader's pin-memory thread may touch CUDA while we capture.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            self.eager.compute(static_x, static_y, tally)
-        torch.cuda.synchronize()
+        replay = self.cuda.capture(lambda: self.eager.compute(static_x, static_y, tally))
         grads = {id(p): p.grad for p in model.parameters()}
-        return graph, static_x, static_y, grads
+        return replay, static_x, static_y, grads
 
 
 def _ensure_momentum_buffers(opt: torch.optim.Optimizer) -> None:
