@@ -93,7 +93,7 @@ class EpochWriter:
     def flush(self) -> None:
         """Wait until everything submitted is on disk; raises a write's error."""
         with self._cond:
-            self._cond.wait_for(lambda: self._error is not None or (self._waiting is None and not self._busy))
+            self._wait_idle()
             self._raise_error()
 
     def close(self, raise_errors: bool = True) -> None:
@@ -107,13 +107,16 @@ class EpochWriter:
                 self.flush()
             else:
                 with self._cond:
-                    self._cond.wait_for(lambda: self._error is not None or
-                                        (self._waiting is None and not self._busy))
+                    self._wait_idle()
         finally:
             with self._cond:
                 self._closed = True
                 self._cond.notify_all()
             self._thread.join()
+
+    def _wait_idle(self) -> None:
+        """Until nothing is waiting or being written (or a write failed); holds ``_cond``."""
+        self._cond.wait_for(lambda: self._error is not None or (self._waiting is None and not self._busy))
 
     def _raise_error(self) -> None:
         if self._error is not None:
