@@ -57,6 +57,27 @@ def test_graphed_epochs_match_eager_ones():
         assert a[:2] == b[:2] and b[2:] == pytest.approx(a[2:], rel=1e-3)
 
 
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_an_epochs_steps_never_wait_for_the_host(cuda_graphs):
+    cfg = resolve(Config(model="resnet18", batch_size=64, device="cuda", cuda_graphs=cuda_graphs), "cuda")
+    model = build_model(cfg, CUDA)
+    opt = build_optimizer(model, cfg, CUDA)
+    step, tally = build_step(model, opt, cfg, CUDA), Tally(CUDA)
+    pipe = build_pipeline("fast", DATA, cfg.batch_size, cfg.seed, CUDA)
+    grads = GradFlow(model, 4, 4)
+    train_one_epoch(model, pipe.train_batches(0), step, CUDA, tally)  # captures, cuDNN tuning
+    tally.reset()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any host sync raises
+    try:
+        for i, (x, y) in enumerate(pipe.train_batches(1)):
+            step(x, y, tally)
+            grads.after_step(i, step.grads_of)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(tally.step) == 4
+
+
 def test_graphs_undo_their_warm_up_bn_statistics_and_batch_counters():
     _, model, _ = _train(epochs=1, cuda_graphs=True)
     counts = {int(b) for n, b in model.named_buffers() if n.endswith("num_batches_tracked")}
