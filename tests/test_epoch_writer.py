@@ -17,7 +17,7 @@ def files(epoch: int, best: bool = False) -> EpochFiles:
     weights = {"w": torch.full((3,), float(epoch))}
     last = {"model_name": "m", "model": weights, "epoch": epoch, "gradflow": [[epoch, float(epoch), 1.0]]}
     return EpochFiles(last, [{"epoch": epoch, "val_acc": float(epoch)}],
-                      {"model": weights, "epoch": epoch} if best else None, ["conv.weight"])
+                      {"model": weights, "epoch": epoch} if best else None)
 
 
 class GatedWrites:
@@ -29,7 +29,7 @@ class GatedWrites:
         self.release.set()
         self.fail_on = fail_on
 
-    def __call__(self, run_dir, f: EpochFiles) -> None:
+    def __call__(self, run_dir, f: EpochFiles, layer_names) -> None:
         self.entered.set()
         self.release.wait(timeout=10)
         if self.fail_on is not None and f.last["epoch"] == self.fail_on:
@@ -38,7 +38,7 @@ class GatedWrites:
 
 
 def test_writes_land_in_order_with_every_history_row(tmp_path):
-    writer = EpochWriter(tmp_path)
+    writer = EpochWriter(tmp_path, ["conv.weight"])
     for e in (1, 2, 3):
         writer.submit(files(e, best=e != 3))
     writer.close()
@@ -52,7 +52,7 @@ def test_epochs_arriving_while_the_disk_is_busy_are_written_once_as_the_newest(t
     writes = GatedWrites()
     monkeypatch.setattr(ew, "write_epoch_files", writes)
     writes.release.clear()
-    writer = EpochWriter(tmp_path)
+    writer = EpochWriter(tmp_path, ["conv.weight"])
     writer.submit(files(1, best=True))
     assert writes.entered.wait(timeout=10)  # epoch 1 is being written...
     writer.submit(files(2, best=True))  # ...while epochs 2 to 4 finish
@@ -69,7 +69,7 @@ def test_epochs_arriving_while_the_disk_is_busy_are_written_once_as_the_newest(t
 def test_a_failed_write_is_raised_at_the_next_hand_over_and_stops_the_writer(tmp_path, monkeypatch):
     writes = GatedWrites(fail_on=2)
     monkeypatch.setattr(ew, "write_epoch_files", writes)
-    writer = EpochWriter(tmp_path)
+    writer = EpochWriter(tmp_path, ["conv.weight"])
     writer.submit(files(1))
     writer.flush()
     writer.submit(files(2))
@@ -85,7 +85,7 @@ def test_close_waits_for_the_write_in_progress(tmp_path, monkeypatch):
     writes = GatedWrites()
     monkeypatch.setattr(ew, "write_epoch_files", writes)
     writes.release.clear()
-    writer = EpochWriter(tmp_path)
+    writer = EpochWriter(tmp_path, ["conv.weight"])
     writer.submit(files(1))
     assert writes.entered.wait(timeout=10)
     threading.Timer(0.2, writes.release.set).start()

@@ -16,7 +16,7 @@ at ``close``, and ``close`` always lets a started write finish first.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,21 +27,21 @@ from archbench import checkpoint, gradflow, history
 
 def host_copy(obj: Any, device: torch.device) -> Any:
     """``obj`` with every tensor copied to host memory, so training can go on changing the originals."""
-    copies = _copy_tensors(obj, device)
+    copies = _copy_tensors(obj)
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the copies were queued without blocking
     return copies
 
 
-def _copy_tensors(obj: Any, device: torch.device) -> Any:
+def _copy_tensors(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         if obj.device.type == "cuda":
             return obj.detach().to("cpu", non_blocking=True)  # into pinned memory
         return obj.detach().clone()
     if isinstance(obj, dict):
-        return {k: _copy_tensors(v, device) for k, v in obj.items()}
+        return {k: _copy_tensors(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_copy_tensors(v, device) for v in obj)
+        return type(obj)(_copy_tensors(v) for v in obj)
     return obj
 
 
@@ -52,29 +52,30 @@ class EpochFiles:
     last: dict  # last.pt's payload (host tensors)
     records: list[dict]  # history rows not yet appended, in epoch order
     best: dict | None = None  # best.pt's payload, when the best epoch changed
-    layer_names: list[str] = field(default_factory=list)  # gradflow.csv's columns
 
     def then(self, newer: EpochFiles) -> EpochFiles:
         """This write and a newer one as a single write with the same end state."""
-        return EpochFiles(newer.last, self.records + newer.records, newer.best or self.best,
-                          newer.layer_names)
+        return EpochFiles(newer.last, self.records + newer.records, newer.best or self.best)
 
 
-def write_epoch_files(run_dir: Path, files: EpochFiles) -> None:
+def write_epoch_files(run_dir: Path, files: EpochFiles, layer_names: list[str]) -> None:
     """best.pt, then last.pt, then the history rows it carries: a crash between any two is repaired on resume."""
     if files.best is not None:
         checkpoint.save(run_dir / checkpoint.BEST, files.best)
     checkpoint.save(run_dir / checkpoint.LAST, files.last)
     for record in files.records:
         history.append_record(run_dir, record)
-    gradflow.sync(run_dir, files.layer_names, files.last.get("gradflow", []))
+    gradflow.sync(run_dir, layer_names, files.last.get("gradflow", []))
 
 
 class EpochWriter:
-    """One background thread writing ``EpochFiles`` to one run folder."""
+    """One background thread writing ``EpochFiles`` to one run folder.
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
+    ``layer_names`` are gradflow.csv's columns (the run's tracked layers).
+    """
+
+    def __init__(self, run_dir: Path, layer_names: list[str]):
+        self.run_dir, self.layer_names = Path(run_dir), layer_names
         self._cond = threading.Condition()
         self._waiting: EpochFiles | None = None
         self._busy = False
@@ -130,7 +131,7 @@ class EpochWriter:
                     return  # closed, or stopped by a failed write
                 files, self._waiting, self._busy = self._waiting, None, True
             try:
-                write_epoch_files(self.run_dir, files)
+                write_epoch_files(self.run_dir, files, self.layer_names)
             except BaseException as e:  # handed to the training thread, which reports it
                 with self._cond:
                     self._error = e

@@ -15,8 +15,8 @@ batch of an epoch is replayed too.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 
@@ -29,9 +29,14 @@ WARMUP_STEPS = 2  # forward/backward passes on a side stream before capture (cuD
 class CudaGraphs:
     """The CUDA calls a capture needs, in one place (tests stand in host equivalents)."""
 
-    def side_stream(self) -> AbstractContextManager:
-        """A context running work on a fresh stream, ordered after and before the current one."""
-        return _SideStream()
+    @contextmanager
+    def side_stream(self) -> Iterator[None]:
+        """Run the block on a fresh stream, ordered after and before the current one."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            yield
+        torch.cuda.current_stream().wait_stream(side)
 
     def rng_state(self) -> torch.Tensor:
         return torch.cuda.get_rng_state()
@@ -48,19 +53,6 @@ class CudaGraphs:
             body()
         torch.cuda.synchronize()
         return graph.replay
-
-
-class _SideStream:
-    def __enter__(self):
-        self.stream = torch.cuda.Stream()
-        self.stream.wait_stream(torch.cuda.current_stream())
-        self.ctx = torch.cuda.stream(self.stream)
-        self.ctx.__enter__()
-
-    def __exit__(self, *exc):
-        self.ctx.__exit__(*exc)
-        torch.cuda.current_stream().wait_stream(self.stream)
-        return False
 
 
 class GraphedTrainStep:

@@ -167,12 +167,12 @@ class Run:
             self.log(f"[{cfg.model}] {count_parameters(model):,} parameters | {pipe.train_size} train / "
                      f"{pipe.test_size} test images | {cfg.pipeline} pipeline, {cfg.precision} on {self.device} | "
                      f"out {self.run_dir}")
-        writer = EpochWriter(self.run_dir)
+        writer = EpochWriter(self.run_dir, grads.names)
         try:
             for epoch in range(state.epoch, cfg.epochs):
                 record = self._epoch(model, opt, step, tally, pipe, exact, epoch, grads)
                 state.gradflow += grads.take(epoch + 1)
-                self._commit_epoch(writer, model, opt, state, record, grads.names)
+                self._commit_epoch(writer, model, opt, state, record)
                 if board is not None:
                     log_scalars(board, record)
                 if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
@@ -186,8 +186,7 @@ class Run:
         writer.close()
         return state
 
-    def _commit_epoch(self, writer: EpochWriter, model, opt, state: RunState, record: dict,
-                      layer_names: list[str]) -> None:
+    def _commit_epoch(self, writer: EpochWriter, model, opt, state: RunState, record: dict) -> None:
         """Hand a finished epoch to the writer: best weights, the resumable checkpoint, history.
 
         The writer lands them in that order, so a crash at any point leaves a consistent
@@ -197,20 +196,20 @@ class Run:
         cfg, epoch = self.cfg, record["epoch"]
         state.records.append(record)
         state.epoch = epoch
-        weights = host_copy(model.state_dict(), self.device)
+        snap = host_copy({"model": model.state_dict(), "optimizer": opt.state_dict()}, self.device)
         best = None
         if record["val_acc"] > state.best_acc:
             state.best_acc, state.best_epoch = record["val_acc"], epoch
-            best = {"model_name": cfg.model, "model": weights, "epoch": epoch,
+            best = {"model_name": cfg.model, "model": snap["model"], "epoch": epoch,
                     "val_acc": record["val_acc"], "config": cfg.to_dict()}
         last = {
-            "model_name": cfg.model, "model": weights, "optimizer": host_copy(opt.state_dict(), self.device),
+            "model_name": cfg.model, "model": snap["model"], "optimizer": snap["optimizer"],
             "epoch": epoch, "best_acc": state.best_acc, "best_epoch": state.best_epoch,
             "rng": checkpoint.rng_state(), "config": cfg.to_dict(), "history": list(state.records),
             "gradflow": list(state.gradflow),
             "schedule": {"kind": "multistep", "base_lr": cfg.lr,
                          "milestones": list(cfg.milestones), "gamma": cfg.gamma}}
-        writer.submit(EpochFiles(last, [record], best, layer_names))
+        writer.submit(EpochFiles(last, [record], best))
 
     def _epoch(self, model, opt, step, tally, pipe, exact, epoch: int, grads: GradFlow) -> dict:
         cfg = self.cfg
