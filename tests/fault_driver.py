@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-import archbench.history as history
+import archbench.train.history as history
 import archbench.io_utils as io_utils
 from archbench.cli import main
 
@@ -78,7 +78,7 @@ def install(fault: str) -> None:
 
         io_utils.os.replace = replace
     elif kind == "partial":
-        import archbench.checkpoint as checkpoint
+        import archbench.train.checkpoint as checkpoint
 
         real_save = checkpoint.atomic_torch_save
 

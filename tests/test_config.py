@@ -8,7 +8,7 @@ import torch
 from archbench.cli import build_parser, config_from_args
 from archbench.config import FIELD_NAMES, Config, from_mapping, load_file, protocol_mismatch, resolve
 from archbench.errors import ArchbenchError
-from archbench.schedule import multistep_lr
+from archbench.train.schedule import multistep_lr
 
 
 def test_defaults_are_the_study_protocol():

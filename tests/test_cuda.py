@@ -13,10 +13,10 @@ import torch
 from archbench.bench import synthetic_cifar
 from archbench.config import Config, resolve
 from archbench.data.pipelines import build_pipeline
-from archbench.engine import Tally, evaluate, train_one_epoch
-from archbench.epoch_writer import host_copy
-from archbench.gradflow import GradFlow
-from archbench.training import build_model, build_optimizer, build_step
+from archbench.train.engine import Tally, evaluate, train_one_epoch
+from archbench.train.epoch_writer import host_copy
+from archbench.train.gradflow import GradFlow
+from archbench.train.training import build_model, build_optimizer, build_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -100,9 +100,9 @@ def test_bf16_default_trains_with_fp32_master_weights():
 
 
 def test_a_step_that_cannot_be_captured_is_one_clear_error():
-    from archbench.engine import TrainStep
+    from archbench.train.engine import TrainStep
     from archbench.errors import ArchbenchError
-    from archbench.graphs import GraphedTrainStep
+    from archbench.train.graphs import GraphedTrainStep
 
     model = torch.nn.Linear(4, 2).to(CUDA)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)

@@ -5,9 +5,9 @@ import threading
 import pytest
 import torch
 
-import archbench.epoch_writer as ew
-from archbench import checkpoint, history
-from archbench.epoch_writer import EpochFiles, EpochWriter, host_copy
+import archbench.train.epoch_writer as ew
+from archbench.train import checkpoint, history
+from archbench.train.epoch_writer import EpochFiles, EpochWriter, host_copy
 from archbench.errors import ArchbenchError
 
 CPU = torch.device("cpu")

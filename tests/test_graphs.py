@@ -17,10 +17,10 @@ import torch
 
 from archbench.config import Config, resolve
 from archbench.data.pipelines import build_pipeline
-from archbench.engine import Tally, TrainStep, train_one_epoch
-from archbench.gradflow import GradFlow
-from archbench.graphs import CudaGraphs, GraphedTrainStep
-from archbench.training import build_model, build_optimizer
+from archbench.train.engine import Tally, TrainStep, train_one_epoch
+from archbench.train.gradflow import GradFlow
+from archbench.train.graphs import CudaGraphs, GraphedTrainStep
+from archbench.train.training import build_model, build_optimizer
 
 from conftest import synthetic
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from archbench import metrics
+from archbench.analysis import metrics
 
 
 def H(rows):

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from archbench import checkpoint, history
-from archbench.lock import run_lock
+from archbench.train import checkpoint, history
+from archbench.train.lock import run_lock
 
 from conftest import REPO, SAMPLE_DIR, make_official, needs_sample, synthetic
 
@@ -151,7 +151,7 @@ def test_second_process_on_a_run_folder_is_refused_and_kill_frees_it(tmp_path):
         assert p.returncode == 1 and "is in use by another archbench process (pid" in p.stderr
         assert f"pid {os.getpid()}" in p.stderr
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time; from archbench.lock import run_lock\n"
+                               "import sys, time; from archbench.train.lock import run_lock\n"
                                f"with run_lock({str(d)!r}):\n print('locked', flush=True); time.sleep(60)"],
                               env={**os.environ, "PYTHONPATH": str(REPO / "src")}, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"

@@ -9,7 +9,7 @@ import pytest
 
 from archbench.config import Config
 from archbench.data.sources import Cifar10
-from archbench.runner import Run, hold_out_validation
+from archbench.train.runner import Run, hold_out_validation
 
 from conftest import SAMPLE_DIR, synthetic
 from test_cli import archbench

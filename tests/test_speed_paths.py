@@ -8,10 +8,10 @@ import torch
 
 from archbench.config import Config, resolve
 from archbench.data.pipelines import build_pipeline
-from archbench.engine import Tally, TrainStep, train_one_epoch
+from archbench.train.engine import Tally, TrainStep, train_one_epoch
 from archbench.errors import ArchbenchError
-from archbench.graphs import _ensure_momentum_buffers
-from archbench.training import adopt_optimizer_impl, build_model, build_optimizer, build_step, check_device_options
+from archbench.train.graphs import _ensure_momentum_buffers
+from archbench.train.training import adopt_optimizer_impl, build_model, build_optimizer, build_step, check_device_options
 
 from conftest import synthetic
 

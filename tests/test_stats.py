@@ -2,7 +2,7 @@
 
 import pytest
 
-from archbench.stats import summary, welch
+from archbench.analysis.stats import summary, welch
 
 
 def test_summary():

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from archbench import checkpoint, history
+from archbench.train import checkpoint, history
 from archbench.config import Config
-from archbench.engine import TrainStep, evaluate, train_one_epoch
+from archbench.train.engine import TrainStep, evaluate, train_one_epoch
 from archbench.errors import ArchbenchError, DivergenceError
-from archbench.runner import Run
+from archbench.train.runner import Run
 
 from conftest import synthetic
 
@@ -174,7 +174,7 @@ def test_non_finite_loss_names_the_step():
 
 
 def test_divergent_run_stops_with_last_good_checkpoint_kept(tmp_path, monkeypatch):
-    import archbench.runner as runner
+    import archbench.train.runner as runner
 
     real, calls = runner.train_one_epoch, []
 

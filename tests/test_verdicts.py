@@ -1,6 +1,6 @@
 """Verdict rules on constructed cases: clear win, clear loss, overlap, too few seeds."""
 
-from archbench.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, RunFacts, h1, h2, verdicts
+from archbench.analysis.verdicts import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, RunFacts, h1, h2, verdicts
 
 
 def runs(model, params, accs, to80, wobble, epochs=30):

@@ -127,7 +127,7 @@ def cmd_models(args) -> int:
 
 def _data_loader(cfg: Config) -> Callable:
     """Load CIFAR-10 on first use only, then share it between runs."""
-    from archbench.runner import load_data
+    from archbench.train.runner import load_data
 
     cache = {}
 
@@ -140,8 +140,8 @@ def _data_loader(cfg: Config) -> Callable:
 
 
 def cmd_train(args) -> int:
-    from archbench.plots import plot_run
-    from archbench.runner import Run
+    from archbench.analysis.plots import plot_run
+    from archbench.train.runner import Run
 
     cfg = config_from_args(args).replace(model=args.model)
     run_dir = Path(cfg.out) / cfg.model
@@ -152,11 +152,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from archbench.compare import (delta_lines, evaluate_best, protocol_note, table_markdown, write_final,
+    from archbench.analysis.compare import (delta_lines, evaluate_best, protocol_note, table_markdown, write_final,
                                    write_outputs)
-    from archbench.plots import plot_overlay, plot_run
-    from archbench.report import write_report
-    from archbench.runner import Run
+    from archbench.analysis.plots import plot_overlay, plot_run
+    from archbench.analysis.report import write_report
+    from archbench.train.runner import Run
 
     started = time.perf_counter()
     cfg = config_from_args(args)
@@ -187,7 +187,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from archbench.report import write_report
+    from archbench.analysis.report import write_report
 
     md, html = write_report(args.out_dir)
     log(f"Wrote {md} and {html}")
@@ -205,7 +205,7 @@ def cmd_bench(args) -> int:
 
     from archbench.bench import add_speedups, bench_one, synthetic_cifar, table, write_json
     from archbench.config import PIPELINES
-    from archbench.training import resolve_device
+    from archbench.train.training import resolve_device
 
     cfg = config_from_args(args)
     device = resolve_device(cfg.device)
@@ -220,7 +220,7 @@ def cmd_bench(args) -> int:
     if args.synthetic:
         data = synthetic_cifar(cfg.train_subset or 50_000, cfg.test_subset or 10_000, cfg.seed)
     else:
-        from archbench.runner import load_data
+        from archbench.train.runner import load_data
 
         data = load_data(cfg)
     log(f"bench: {len(data.y_train)} train / {len(data.y_test)} test images ({data.source}), "
@@ -241,11 +241,11 @@ def cmd_bench(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from archbench.compare import delta_lines, evaluate_best, table_markdown, write_outputs
+    from archbench.analysis.compare import delta_lines, evaluate_best, table_markdown, write_outputs
     from archbench.config import read_json
     from archbench.data.sources import load_cifar10
-    from archbench.runner import CONFIG_NAME, take_subsets
-    from archbench.training import resolve_device
+    from archbench.train.runner import CONFIG_NAME, take_subsets
+    from archbench.train.training import resolve_device
 
     subset = args.test_subset
     if subset is None:
@@ -280,7 +280,7 @@ def _run_dirs(paths: list[Path]) -> list[Path]:
 
 
 def cmd_plot(args) -> int:
-    from archbench.plots import plot_overlay, plot_run
+    from archbench.analysis.plots import plot_overlay, plot_run
 
     dirs = _run_dirs(args.paths)
     for d in dirs:

@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
-from archbench import checkpoint
+from archbench.train import checkpoint
 from archbench.config import Config, read_json, resolve
 from archbench.data.pipelines import test_pipeline
 from archbench.data.sources import Cifar10
-from archbench.engine import evaluate
+from archbench.train.engine import evaluate
 from archbench.io_utils import atomic_write_text
 from archbench.models import count_parameters
-from archbench.runner import CONFIG_NAME, exact_mask
-from archbench.stats import summary, welch
-from archbench.training import build_model
+from archbench.train.runner import CONFIG_NAME, exact_mask
+from archbench.analysis.stats import summary, welch
+from archbench.train.training import build_model
 
 
 FINAL_NAME = "final.json"  # the best weights' test evaluation, written into each run folder

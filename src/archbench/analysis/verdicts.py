@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from archbench.stats import Difference, welch
+from archbench.analysis.stats import Difference, welch
 
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 H1_METRICS = (("epochs_to_80", "epochs to 80% val acc"),

@@ -80,13 +80,13 @@ def use_fastest_convolutions(device: torch.device) -> None:
 
 
 def build_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: Config, device: torch.device) -> Callable:
-    from archbench.engine import TrainStep
+    from archbench.train.engine import TrainStep
 
     use_fastest_convolutions(device)
     forward = torch.compile(model) if cfg.compile else None
     step = TrainStep(model, opt, device, cfg.precision, forward)
     if cfg.cuda_graphs:
-        from archbench.graphs import GraphedTrainStep
+        from archbench.train.graphs import GraphedTrainStep
 
         return GraphedTrainStep(step)
     return step

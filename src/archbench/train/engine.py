@@ -5,7 +5,7 @@ pass, so no step waits for the host. A non-finite loss is caught the same way: t
 tally keeps the index of the first step whose loss was not finite.
 
 A training step is a callable ``step(x, y, tally)``; ``TrainStep`` is the eager one
-and ``archbench.graphs.GraphedTrainStep`` replays it from captured CUDA graphs.
+and ``archbench.train.graphs.GraphedTrainStep`` replays it from captured CUDA graphs.
 """
 
 from __future__ import annotations

@@ -15,19 +15,19 @@ from typing import Callable
 import numpy as np
 import torch
 
-from archbench import checkpoint, gradflow, history
+from archbench.train import checkpoint, gradflow, history
 from archbench.config import Config, protocol_mismatch, resolve, write_json
 from archbench.data.pipelines import build_pipeline, num_batches
 from archbench.data.sources import NUM_CLASSES, Cifar10, load_cifar10
 from archbench.data.subsets import balanced_indices, stratified_holdout
-from archbench.engine import Tally, evaluate, train_one_epoch
-from archbench.epoch_writer import EpochFiles, EpochWriter, host_copy
+from archbench.train.engine import Tally, evaluate, train_one_epoch
+from archbench.train.epoch_writer import EpochFiles, EpochWriter, host_copy
 from archbench.errors import ArchbenchError, DivergenceError
-from archbench.gradflow import GradFlow
-from archbench.lock import run_lock
+from archbench.train.gradflow import GradFlow
+from archbench.train.lock import run_lock
 from archbench.models import count_parameters
-from archbench.schedule import multistep_lr
-from archbench.training import (adopt_optimizer_impl, build_model, build_optimizer, build_step,
+from archbench.train.schedule import multistep_lr
+from archbench.train.training import (adopt_optimizer_impl, build_model, build_optimizer, build_step,
                                  check_device_options, resolve_device)
 
 CONFIG_NAME = "config.json"

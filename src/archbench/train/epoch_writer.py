@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from archbench import checkpoint, gradflow, history
+from archbench.train import checkpoint, gradflow, history
 
 
 def host_copy(obj: Any, device: torch.device) -> Any:

@@ -13,15 +13,15 @@ import html
 import io
 from pathlib import Path
 
-from archbench import history
-from archbench.compare import by_model, delta_lines, read_final, selection_note
+from archbench.train import history
+from archbench.analysis.compare import by_model, delta_lines, read_final, selection_note
 from archbench.config import read_json
 from archbench.errors import ArchbenchError
 from archbench.io_utils import atomic_write_text
-from archbench.metrics import summarize
-from archbench.stats import summary
-from archbench.verdicts import RunFacts, verdicts
-from archbench import verdicts as verdict_rules
+from archbench.analysis.metrics import summarize
+from archbench.analysis.stats import summary
+from archbench.analysis.verdicts import RunFacts, verdicts
+from archbench.analysis import verdicts as verdict_rules
 
 # The study's published single-run results (SPEC.md): test accuracy (%) and test loss.
 STUDY = {"resnet18": (94.99, 0.1937), "vgg19_bn": (92.87, 0.3345)}

@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from archbench.engine import Tally, TrainStep, autocast
+from archbench.train.engine import Tally, TrainStep, autocast
 from archbench.errors import ArchbenchError
 
 WARMUP_STEPS = 2  # forward/backward passes on a side stream before capture (cuDNN/cuBLAS set-up)

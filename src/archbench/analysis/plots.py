@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from archbench import history
+from archbench.train import history
 
 METRICS = (("loss", "Loss"), ("acc", "Accuracy (%)"))
 
@@ -76,7 +76,7 @@ def plot_gradflow(run_dir: Path) -> list[Path]:
     (first-layer / last-layer norm over time), from ``gradflow.csv``."""
     import numpy as np
 
-    from archbench import gradflow
+    from archbench.train import gradflow
 
     data = gradflow.read(run_dir)
     if data is None:
