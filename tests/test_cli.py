@@ -53,15 +53,16 @@ def test_models_command_lists_exact_counts():
 
 def test_compare_prints_the_study_table_and_writes_everything(compared):
     out, stdout = compared
-    assert "| Model | Test Loss | Test Acc(%) | #Params(M) | Best Val(%) |" in stdout
-    assert re.search(r"Δ Accuracy \(resnet18 − vgg19_bn\) = [+-]\d+\.\d\d pp", stdout)
+    assert "| Model | Test Loss | Test Acc(%)² | #Params(M) | Best Val(%) | Final Acc(%)³ |" in stdout
+    assert re.search(r"Δ final accuracy \(resnet18 − vgg19_bn\) = [+-]\d+\.\d\d pp .*one seed per model", stdout)
     assert "epoch   1/2" in stdout  # the study's summary line at epoch 1
     assert re.search(r"^compare took \d+\.\d s \(wall clock", stdout, re.M)
-    for name in ("comparison.csv", "comparison.md", "overlay_loss.png", "overlay_accuracy.png"):
+    for name in ("comparison.json", "comparison.csv", "comparison.md", "overlay_loss.png", "overlay_accuracy.png",
+                 "report.md", "report.html"):
         assert (out / name).stat().st_size > 0, name
     for model in ("resnet18", "vgg19_bn"):
         for name in ("config.json", "history.csv", "history.jsonl", "last.pt", "best.pt",
-                     "loss.png", "accuracy.png"):
+                     "loss.png", "accuracy.png", "final.json", "predictions.npz"):
             assert (out / model / name).stat().st_size > 0, f"{model}/{name}"
     assert '"epochs": 2' in (out / "resnet18" / "config.json").read_text()  # from the file
     assert '"batch_size": 16' in (out / "resnet18" / "config.json").read_text()  # from a flag
@@ -74,10 +75,13 @@ def test_reloaded_best_weights_reproduce_the_best_epoch(compared):
     for row in csv.DictReader(io.StringIO((out / "comparison.csv").read_text())):
         hist = list(csv.DictReader(io.StringIO((out / row["model"] / "history.csv").read_text())))
         best = hist[int(row["best_epoch"]) - 1]
-        assert float(row["test_acc"]) == pytest.approx(float(best["val_acc"]), abs=1e-6)
-        assert float(row["test_loss"]) == pytest.approx(float(best["val_loss"]), rel=1e-4)
+        assert float(row["best_test_acc"]) == pytest.approx(float(best["val_acc"]), abs=1e-6)
+        assert float(row["best_test_loss"]) == pytest.approx(float(best["val_loss"]), rel=1e-4)
         assert float(row["best_val"]) == max(float(h["val_acc"]) for h in hist)
-        assert table[row["model"]][1] == f"{float(row['test_acc']):.2f}"
+        assert table[row["model"]][1] == f"{float(row['best_test_acc']):.2f}"
+        last = hist[-1]  # and the last weights reproduce the last epoch
+        assert float(row["last_test_acc"]) == pytest.approx(float(last["val_acc"]), abs=1e-6)
+        assert row["final_test_acc"] == row["last_test_acc"]  # no held-out split: the last weights judge
 
 
 def test_rerunning_compare_reuses_finished_runs(compared):
@@ -93,7 +97,7 @@ def test_eval_command_matches_compare(compared, tmp_path):
     out, stdout = compared
     p = archbench("eval", out / "resnet18", out / "vgg19_bn", "--data-dir", SAMPLE_DIR, "--device", "cpu")
     assert _table(p.stdout) == _table(stdout)
-    assert "Δ Accuracy (resnet18 − vgg19_bn)" in p.stdout
+    assert "Δ final accuracy (resnet18 − vgg19_bn)" in p.stdout
 
 
 def test_eval_reports_exact_subset_with_footnote(compared, tmp_path):
@@ -107,8 +111,8 @@ def test_eval_reports_exact_subset_with_footnote(compared, tmp_path):
         np.savez(buf, **arrays)
         (folder / f"{name}.npz.xz").write_bytes(lzma.compress(buf.getvalue()))
     p = archbench("eval", out / "resnet18", "--data-dir", folder, "--device", "cpu")
-    assert "Exact Acc(%)¹" in p.stdout
-    assert re.search(r"¹ Accuracy on the 15 of 20 test images that are pixel-exact", p.stdout)
+    assert "Final Exact(%)¹" in p.stdout
+    assert re.search(r"¹ On the 15 of 20 test images that are pixel-exact", p.stdout)
 
 
 def test_plot_regenerates_figures_from_history_alone(compared, tmp_path):

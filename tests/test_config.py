@@ -36,6 +36,7 @@ def test_config_is_frozen():
 INVALID = [
     ("model", "resnet99"), ("epochs", 0), ("epochs", 2.5), ("batch_size", 0), ("batch_size", -4),
     ("lr", 0), ("lr", -0.1), ("lr", "fast"), ("momentum", 1.0), ("weight_decay", -1),
+    ("min_effect", -0.1), ("min_effect", "big"),
     ("milestones", [75, 50]), ("milestones", [50, 50]), ("milestones", [0, 10]), ("milestones", 50),
     ("gamma", 0), ("gamma", 1.5), ("seed", -1), ("seed", True), ("pipeline", "turbo"), ("workers", -1),
     ("train_subset", 0), ("test_subset", -5), ("device", "tpu"), ("data_dir", ""), ("download", "yes"),

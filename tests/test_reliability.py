@@ -172,6 +172,10 @@ def test_divergence_stops_with_exit_1_keeping_checkpoint_and_history(tmp_path):
     assert checkpoint.load(d / "last.pt")["epoch"] == 1
     assert [r["epoch"] for r in history.read(d)] == [1]
     assert (d / "history.csv").read_text().count("\n") == 2
+    assert json.loads((d / "divergence.json").read_text())["epoch"] == 2
+    again = run(out, "none", "--resume")  # recorded, so reported, not trained into again
+    assert again.returncode == 1 and "diverged at epoch 2, step 2 when it was trained" in again.stderr
+    assert checkpoint.load(d / "last.pt")["epoch"] == 1
 
 
 @needs_sample

@@ -45,6 +45,8 @@ def _training_flags() -> argparse.ArgumentParser:
                    help="auto (default): bf16 autocast on CUDA, fp32 elsewhere")
     g.add_argument("--train-subset", type=int, metavar="N", help="train on N class-balanced images")
     g.add_argument("--test-subset", type=int, metavar="N", help="evaluate on N class-balanced images")
+    g.add_argument("--min-effect", type=float, metavar="PP",
+                   help="smallest final-accuracy difference of interest to verdicts (default 0.3 pp)")
     g.add_argument("--val-split", type=int, metavar="N",
                    help="hold out N stratified training images to select the best epoch on "
                         "(default: the study's choice, the test set)")
@@ -83,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train every model once per seed, into OUT/<model>/seed<K>/")
     p = sub.add_parser("report", help="write report.md and report.html for a compare output folder")
     p.add_argument("out_dir", type=Path, help="the --out folder of archbench compare")
+    p.add_argument("--min-effect", type=float, metavar="PP",
+                   help="smallest accuracy difference of interest (default: the one compare used)")
     p = sub.add_parser("bench", parents=[flags],
                        help="time each model with each input pipeline (s/epoch, img/s, TFLOP/s, speed-up)")
     p.add_argument("models", nargs="*", default=list(DEFAULT_COMPARE),
@@ -152,10 +156,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from archbench.analysis.compare import (delta_lines, evaluate_best, protocol_note, table_markdown, write_final,
-                                   write_outputs)
-    from archbench.analysis.plots import plot_overlay, plot_run
+    from archbench.analysis.compare import (Manifest, RunRef, evaluate_run, protocol_note, relative_dir,
+                                            table_markdown, write_manifest, write_outputs)
+    from archbench.analysis.environment import describe
+    from archbench.analysis.evidence import accuracy_evidence, accuracy_line, load
+    from archbench.analysis.plots import plot_run
     from archbench.analysis.report import write_report
+    from archbench.errors import DivergenceError
     from archbench.train.runner import Run
 
     started = time.perf_counter()
@@ -168,20 +175,25 @@ def cmd_compare(args) -> int:
             Run(cfg.replace(model=m, seed=seed), out / m / f"seed{seed}", log)
             for m in args.models for seed in (args.seeds or [None])]
     data = _data_loader(cfg)
-    for run in runs:  # a finished run is reused, an unfinished one resumed
-        run.train(data, resume=True)
+    for run in runs:  # a finished run is reused, an unfinished one resumed, a diverged one counted
+        try:
+            run.train(data, resume=True)
+        except DivergenceError as e:
+            log(f"{e}\n[{run.cfg.model}] divergence recorded as this run's outcome; the comparison goes on")
         plot_run(run.run_dir)
-    results = [evaluate_best(run.run_dir, data(), run.device) for run in runs]
-    for r in results:
-        write_final(r)
-    write_outputs(out, results, protocol_note(runs[0].cfg))
-    if len(runs) > 1:
-        plot_overlay([r.run_dir for r in runs], out)
+    results = [evaluate_run(run.run_dir, data(), run.device) for run in runs]
+    manifest = Manifest(list(args.models), [RunRef(r.cfg.model, r.cfg.seed, relative_dir(r.run_dir, out)) for r in runs],
+                        cfg.min_effect, describe(runs[0].device, data(), time.perf_counter() - started))
+    write_manifest(out, manifest)
+    _, by_model = load(out)
+    models = list(by_model)
+    deltas = [accuracy_line(models[0], b, accuracy_evidence(by_model[models[0]], by_model[b])) for b in models[1:]]
+    write_outputs(out, results, [r.run_dir for r in runs], protocol_note(runs[0].cfg), deltas)
     report = write_report(out)
     log("\n" + table_markdown(results))
-    for line in delta_lines(results):
+    for line in deltas:
         log(line)
-    log(f"\nWrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {report[0]}, {report[1]} and plots under {out}")
+    log(f"\nWrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {report[0]}, {report[1]} and figures under {out}")
     log(f"compare took {time.perf_counter() - started:.1f} s (wall clock, data loading to report)")
     return 0
 
@@ -189,7 +201,7 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from archbench.analysis.report import write_report
 
-    md, html = write_report(args.out_dir)
+    md, html = write_report(args.out_dir, args.min_effect)
     log(f"Wrote {md} and {html}")
     return 0
 
@@ -241,10 +253,10 @@ def cmd_bench(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from archbench.analysis.compare import delta_lines, evaluate_best, table_markdown, write_outputs
+    from archbench.analysis.compare import by_model, evaluate_run, table_markdown, write_outputs
     from archbench.config import read_json
     from archbench.data.sources import load_cifar10
-    from archbench.train.runner import CONFIG_NAME, take_subsets
+    from archbench.train.runner import CONFIG_NAME, make_dir, take_subsets
     from archbench.train.training import resolve_device
 
     subset = args.test_subset
@@ -256,12 +268,18 @@ def cmd_eval(args) -> int:
         subset = subsets.pop()
     data = take_subsets(load_cifar10(args.data_dir, verify=args.verify_data, with_train=False), None, subset)
     device = resolve_device(args.device)
-    results = [evaluate_best(d, data, device) for d in args.run_dirs]
+    results = [evaluate_run(d, data, device, write=False) for d in args.run_dirs]
+    groups = list(by_model([r for r in results if r.final is not None]).items())
+    mean = lambda rs: sum(r.final.acc for r in rs) / len(rs)
+    deltas = [f"Δ final accuracy ({groups[0][0]} − {b}) = {mean(groups[0][1]) - mean(rb):+.2f} pp (difference of "
+              f"means; archbench compare adds intervals and tests)" for b, rb in groups[1:]]
     log(table_markdown(results))
-    for line in delta_lines(results):
+    for line in deltas:
         log(line)
     if args.out:
-        write_outputs(args.out, results, f"Evaluated on {len(data.y_test)} test images from {data.source}.")
+        make_dir(args.out)
+        write_outputs(args.out, results, args.run_dirs,
+                      f"Evaluated on {len(data.y_test)} test images from {data.source}.", deltas)
     return 0
 
 
@@ -280,14 +298,17 @@ def _run_dirs(paths: list[Path]) -> list[Path]:
 
 
 def cmd_plot(args) -> int:
-    from archbench.analysis.plots import plot_overlay, plot_run
+    from archbench.analysis.compare import by_model
+    from archbench.analysis.plots import plot_overlay, plot_run, run_label
+    from archbench.train import history
 
     dirs = _run_dirs(args.paths)
     for d in dirs:
         log(" ".join(str(p) for p in plot_run(d)))
     if len(dirs) > 1:
         out = args.out or Path(os.path.commonpath([d.resolve() for d in dirs]))
-        log(" ".join(str(p) for p in plot_overlay(dirs, out)))
+        groups = by_model([d for d in dirs if history.read(d)], key=run_label)
+        log(" ".join(str(p) for p in plot_overlay({m: [history.read(d) for d in ds] for m, ds in groups.items()}, out)))
     return 0
 
 

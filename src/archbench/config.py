@@ -45,6 +45,7 @@ class Config:
     cuda_graphs: bool = False  # replay training steps from captured CUDA graphs
     tensorboard: bool = False  # also log per-epoch scalars to RUN_DIR/tensorboard
     grad_norms_per_epoch: int = 4  # times per epoch the per-layer gradient norms are recorded (0: off)
+    min_effect: float = 0.3  # smallest final-accuracy difference of interest to verdicts, percentage points
     data_dir: str | None = None
     download: bool = False
     verify_data: bool = True
@@ -101,6 +102,8 @@ def validate(cfg: Config) -> Config:
     for name in ("train_subset", "test_subset", "val_split"):
         v = getattr(cfg, name)
         _require(v is None or (_is_int(v) and v >= 1), name, "an integer >= 1 or unset", v)
+    _require(_is_num(cfg.min_effect) and cfg.min_effect >= 0, "min_effect",
+             "a number >= 0 (percentage points)", cfg.min_effect)
     _require(cfg.device in DEVICES, "device", ", ".join(DEVICES), cfg.device)
     _require(cfg.precision in PRECISIONS, "precision", ", ".join(PRECISIONS), cfg.precision)
     _require(cfg.data_dir is None or (isinstance(cfg.data_dir, str) and cfg.data_dir != ""), "data_dir",
@@ -125,7 +128,7 @@ def _coerce(name: str, value: Any) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ArchbenchError(f"config: milestones={value!r} is invalid; allowed: a list of epochs")
         return tuple(value)
-    if name in ("lr", "momentum", "weight_decay", "gamma") and _is_int(value):
+    if name in ("lr", "momentum", "weight_decay", "gamma", "min_effect") and _is_int(value):
         return float(value)
     return value
 

@@ -1,143 +1,229 @@
-"""``report.md`` and a self-contained ``report.html`` for a compare output folder.
+"""``report.md`` and a self-contained ``report.html`` for a compare folder, answer first.
 
-Everything comes from files in the folder: each run's ``config.json``, history,
-``final.json`` (its best weights' test evaluation) and plots. The report is a list of
-blocks rendered twice: as Markdown (images linked) and as HTML (images embedded).
+Everything comes from files in the folder: ``comparison.json`` (which runs, in which
+order, and the environment), each listed run's ``config.json``, history, ``final.json``,
+``predictions.npz`` and ``gradflow.csv``. Figures are drawn anew from those files. The
+report is a list of blocks rendered twice: Markdown (images linked) and HTML (images
+embedded, verdicts as coloured boxes).
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
+import math
 from pathlib import Path
 
-from archbench.train import history
-from archbench.analysis.compare import by_model, delta_lines, read_final, selection_note
-from archbench.config import read_json
-from archbench.errors import ArchbenchError
-from archbench.io_utils import atomic_write_text
-from archbench.analysis.metrics import summarize
-from archbench.analysis.stats import summary
-from archbench.analysis.verdicts import RunFacts, verdicts
+import numpy as np
+
+from archbench.analysis import plots
 from archbench.analysis import verdicts as verdict_rules
+from archbench.analysis.classwise import calibration, confusion, per_class_accuracy
+from archbench.analysis.compare import selection_note, table_markdown
+from archbench.analysis.evidence import RunData, accuracy_evidence, accuracy_line, load
+from archbench.analysis.metrics import METRIC_LABELS
+from archbench.analysis.stats import summary
+from archbench.data.sources import NUM_CLASSES
+from archbench.io_utils import atomic_write_text
 
 # The study's published single-run results (SPEC.md): test accuracy (%) and test loss.
 STUDY = {"resnet18": (94.99, 0.1937), "vgg19_bn": (92.87, 0.3345)}
-METRIC_LABELS = {
-    "epochs_to_80": "epochs to 80% val acc",
-    "epochs_to_90": "epochs to 90% val acc",
-    "phase1_val_acc_std": "val acc std, first LR phase (pp)",
-    "phase1_val_acc_mean_abs_change": "mean |Δ val acc| per epoch, first LR phase (pp)",
-    "milestone1_val_acc_jump": "val acc jump at 1st LR step (pp)",
-    "milestone1_val_loss_jump": "val loss jump at 1st LR step",
-    "milestone2_val_acc_jump": "val acc jump at 2nd LR step (pp)",
-    "milestone2_val_loss_jump": "val loss jump at 2nd LR step",
-    "plateau_val_acc_mean": "plateau val acc, last 20 epochs (%)",
-    "plateau_val_acc_range": "plateau val acc range (pp)",
-    "final_acc_gap": "final train − val acc gap (pp)",
-    "final_loss_gap": "final val − train loss gap",
-    "best_epoch": "best epoch",
-    "best_val_acc": "best val acc (%)",
-}
+STUDY_EPOCHS = 100
+CHANCE_PP = 100.0 / NUM_CLASSES
+NEAR_CHANCE_FACTOR = 2.0  # a final accuracy below twice chance (20%) has learned little
+FULL_TEST_SET = 10_000
+LABEL_COLORS = {verdict_rules.SUPPORTED: "#1b7f3b", verdict_rules.CONTRADICTED: "#b3261e",
+                verdict_rules.NOT_SHOWN: "#8a6d00", verdict_rules.NOT_APPLICABLE: "#555555"}
 
 Block = tuple
 
 
-def find_runs(out_dir: Path) -> list[Path]:
-    """Run folders below ``out_dir``, in the order compare listed them (comparison.csv), then the rest."""
-    runs = sorted(p.parent for p in Path(out_dir).rglob("config.json") if (p.parent / "history.jsonl").is_file())
-    if not runs:
-        raise ArchbenchError(f"{out_dir}: no run folders (config.json + history.jsonl) below it; "
-                             f"run archbench compare --out {out_dir} first")
-    listed = Path(out_dir) / "comparison.csv"
-    if listed.is_file():
-        order = [Path(row["run_dir"]).resolve() for row in csv.DictReader(io.StringIO(listed.read_text()))]
-        rank = {p: i for i, p in enumerate(order)}
-        runs.sort(key=lambda r: rank.get(r.resolve(), len(rank)))
-    return runs
+def _mean(values) -> float:
+    return float(np.mean([v for v in values if v is not None])) if any(v is not None for v in values) else math.nan
 
 
-def _facts(run_dir: Path) -> tuple[RunFacts | None, dict]:
-    cfg = read_json(run_dir / "config.json")
-    records = history.read(run_dir)
-    final = read_final(run_dir)
-    if final is None or not records:
-        return None, {}
-    return RunFacts(cfg.model, cfg.seed, final.params, len(records), final.test_acc, summarize(records)), \
-        {"cfg": cfg, "final": final, "dir": run_dir}
+def warnings(runs: dict[str, list[RunData]]) -> list[str]:
+    """The caveats a reader must see before any number."""
+    out = []
+    cfg = next(iter(runs.values()))[0].cfg
+    first_step = cfg.milestones[0] if cfg.milestones else None
+    if first_step is None or cfg.epochs <= first_step:
+        out.append(f"Smoke run: {cfg.epochs} epochs, ending before the first LR step"
+                   + (f" (after epoch {first_step})" if first_step else "") + ". These numbers do not answer the "
+                   "study's question; its protocol is 100 epochs with LR steps after epochs 50 and 75.")
+    elif cfg.epochs != STUDY_EPOCHS:
+        out.append(f"{cfg.epochs} epochs, not the study's {STUDY_EPOCHS}: the study's figures are not comparable.")
+    for model, rs in runs.items():
+        acc = _mean([r.result.final and r.result.final.acc for r in rs])
+        if math.isfinite(acc) and acc < NEAR_CHANCE_FACTOR * CHANCE_PP:
+            out.append(f"{model}'s final accuracy ({acc:.1f}%) is near chance ({CHANCE_PP:.0f}%): it has learned "
+                       f"little, and differences involving it say nothing about architectures.")
+    images = next(iter(runs.values()))[0].result.images
+    if images < FULL_TEST_SET:
+        p = _mean([r.result.final and r.result.final.acc / 100 for rs in runs.values() for r in rs])
+        p = 0.5 if not math.isfinite(p) else p
+        sd = 100 * math.sqrt(p * (1 - p) / images)
+        out.append(f"Small test set: {images:,} images, so one accuracy figure carries a binomial sd of about "
+                   f"{sd:.1f} pp (at {100 * p:.0f}%) from the choice of test images alone.")
+    if cfg.val_split is None:
+        out.append("The best epoch was selected on the test set (the study's choice): 'Best Val' and the best "
+                   "weights' test accuracy are optimistic. Verdicts use the last epoch's weights instead.")
+    if max(len(rs) for rs in runs.values()) < 2:
+        out.append("One seed per model: no interval can separate an architecture's effect from seed-to-seed "
+                   "variation, so no verdict can be 'supported' or 'contradicted' on accuracy. Use --seeds 0 1 2.")
+    for model, rs in runs.items():
+        for r in rs:
+            if r.result.diverged:
+                d = r.result.diverged
+                where = f"epoch {d['epoch']}" + (f", step {d['step']}" if d.get("step") else "")
+                out.append(f"{model} seed {r.cfg.seed} diverged at {where}; it counts against {model} in H1, "
+                           f"and its final weights are those of its last finite epoch.")
+    return out
 
 
-def _cell(values: list) -> str:
-    present = [v for v in values if v is not None]
-    if not present:
-        return "not reached"
-    text = summary(present).text()
-    return text if len(present) == len(values) else f"{text} ({len(present)}/{len(values)} runs)"
+def _verdict_blocks(vs: list[verdict_rules.Verdict]) -> list[Block]:
+    if not vs:
+        return [("p", "No verdict: the hypotheses compare a resnet with another model, and this comparison has "
+                      "no such pair.")]
+    return [("verdicts", [(v.label, f"{v.hypothesis} — {v.a} vs {v.b}", v.sentence()) for v in vs])]
 
 
-def build(out_dir: Path) -> list[Block]:
-    out_dir = Path(out_dir)
-    facts: dict[str, list[RunFacts]] = {}
-    extra: dict[str, list[dict]] = {}
-    for run_dir in find_runs(out_dir):
-        f, x = _facts(run_dir)
-        if f is not None:
-            facts.setdefault(f.model, []).append(f)
-            extra.setdefault(f.model, []).append(x)
-    if not facts:
-        raise ArchbenchError(f"{out_dir}: no run has a final evaluation ({'final.json'}); "
-                             f"run archbench compare --out {out_dir} to produce them")
-    cfg = next(iter(extra.values()))[0]["cfg"]
-    finals = [x["final"] for xs in extra.values() for x in xs]
-    lrs = ", ".join(f"{m} {xs[0]['cfg'].lr:g}" for m, xs in extra.items())
-    blocks: list[Block] = [("h1", "archbench report"), ("h2", "Protocol"), ("list", [
-        f"{cfg.epochs} epochs, batch {cfg.batch_size}, SGD (initial lr: {lrs}; momentum "
-        f"{cfg.momentum}, weight decay {cfg.weight_decay}), MultiStepLR milestones {list(cfg.milestones)} "
-        f"gamma {cfg.gamma}",
-        f"{cfg.pipeline} input pipeline, {cfg.precision}; train subset: {cfg.train_subset or 'all'}, "
-        f"test subset: {cfg.test_subset or 'all'}",
-        selection_note(cfg),
-        "Seeds per model: " + ", ".join(f"{m}: {sorted(r.seed for r in rs)}" for m, rs in facts.items()),
-    ])]
-    rows = []
-    for model, xs in by_model(finals).items():
-        study = STUDY.get(model)
-        rows.append([model, str(len(xs)), summary([r.test_acc for r in xs]).text(),
-                     summary([r.test_loss for r in xs]).text(".4f"), f"{xs[0].params / 1e6:.2f}",
-                     summary([r.best_val for r in xs]).text(),
-                     f"{study[0]:.2f} / {study[1]:.4f}" if study else "—"])
-    blocks += [("h2", "Results"),
-               ("table", ["Model", "n", "Test Acc(%)", "Test Loss", "#Params(M)", "Best Val(%)",
-                          "Study: Test Acc(%) / Loss"], rows),
-               ("p", "Cells are mean ± sample standard deviation over seeds. The study's figures are "
-                     "one 100-epoch run each.")]
-    blocks += [("list", delta_lines(finals))]
-    figs = [(out_dir / f"overlay_{k}.png", f"{k} curves, train dashed, val solid") for k in ("accuracy", "loss")]
-    blocks += [("h2", "Curves")] + [("img", p, alt) for p, alt in figs if p.is_file()]
-    keys = [k for k in METRIC_LABELS if any(k in f.metrics for fs in facts.values() for f in fs)]
-    blocks += [("h2", "Convergence and stability"),
-               ("table", ["Metric"] + list(facts),
-                [[METRIC_LABELS[k]] + [_cell([f.metrics.get(k) for f in facts[m]]) for m in facts] for k in keys]),
-               ("p", "From each run's history; LR phases and milestones are read from its lr column. "
-                     "Jumps compare the last epoch before an LR step with the best of the 3 epochs after it.")]
-    grad = [(x["dir"] / name, f"{m} ({x['dir'].name}): {alt}") for m, xs in extra.items() for x in xs[:1]
-            for name, alt in (("gradflow.png", "per-layer gradient L2 norm"),
-                              ("gradflow_ratio.png", "first-layer / last-layer gradient norm"))]
-    if any(p.is_file() for p, _ in grad):
-        blocks += [("h2", "Gradient flow")] + [("img", p, alt) for p, alt in grad if p.is_file()]
-    vs = verdicts(facts)
-    blocks += [("h2", "Verdicts")]
-    if vs:
-        blocks += [("table", ["Hypothesis", "A vs B", "Verdict", "Evidence (A − B)"],
-                    [[v.hypothesis, f"{v.a} vs {v.b}", v.verdict, "; ".join(v.evidence)] for v in vs])]
-    else:
-        blocks += [("p", "No verdict: the hypotheses compare a resnet with another model, and this "
-                         "comparison has no such pair.")]
-    blocks += [("p", "Rules: " + " ".join(verdict_rules.__doc__.split("\n", 1)[1].split()))]
+def _results_blocks(out_dir: Path, runs: dict[str, list[RunData]], min_effect: float) -> list[Block]:
+    results = [r.result for rs in runs.values() for r in rs]
+    models = list(runs)
+    blocks: list[Block] = [("h2", "Results"), ("md", table_markdown(results))]
+    blocks.append(("list", [accuracy_line(models[0], b, accuracy_evidence(runs[models[0]], runs[b]))
+                            for b in models[1:]]))
+    study = [[m, f"{STUDY[m][0]:.2f}", f"{STUDY[m][1]:.4f}"] for m in models if m in STUDY]
+    if study:
+        blocks += [("p", "The study's published figures (one 100-epoch run each, best epoch selected on the test "
+                         "set), for reference:"), ("table", ["Model", "Test Acc(%)", "Test Loss"], study)]
+    per_seed = {m: [(r.cfg.seed, r.result.final.acc) for r in rs if r.result.final] for m, rs in runs.items()}
+    if any(per_seed.values()):
+        blocks.append(("img", plots.plot_per_seed({m: v for m, v in per_seed.items() if v}, out_dir / "per_seed.png",
+                                                  "final test accuracy (%)"), "Final test accuracy per seed"))
+    blocks += _classwise_blocks(out_dir, runs)
     return blocks
 
+
+def _final_arrays(rs: list[RunData]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(pred, label, logits) of the judging weights of each seed that has them."""
+    out = []
+    for r in rs:
+        if r.predictions is not None and r.result.final is not None:
+            w = "best" if r.result.selected_on == "validation" else "last"
+            p = r.predictions
+            out.append((p[f"{w}_pred"], p["label"], p[f"{w}_logits"].astype(np.float32)))
+    return out
+
+
+def _classwise_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Block]:
+    arrays = {m: _final_arrays(rs) for m, rs in runs.items()}
+    arrays = {m: a for m, a in arrays.items() if a}
+    if not arrays:
+        return []
+    acc = {m: np.mean([per_class_accuracy(p, y, NUM_CLASSES) for p, y, _ in a], axis=0) for m, a in arrays.items()}
+    rows = [[name] + [f"{acc[m][c]:.1f}" for m in arrays] for c, name in enumerate(plots.CLASS_NAMES)]
+    mats = {m: sum(confusion(p, y, NUM_CLASSES) for p, y, _ in a) for m, a in arrays.items()}
+    cal = {m: calibration(np.concatenate([l for _, _, l in a]), np.concatenate([y for _, y, _ in a]))
+           for m, a in arrays.items()}
+    return [("h3", "Per class"), ("table", ["Class"] + [f"{m} acc (%)" for m in arrays], rows),
+            ("img", plots.plot_confusion(mats, out_dir / "confusion.png"),
+             "Confusion matrices of the final weights, summed over seeds, each row normalised"),
+            ("h3", "Calibration"),
+            ("table", ["Model", "ECE (%)", "images"],
+             [[m, f"{c['ece']:.2f}", f"{int(c['count'].sum()):,}"] for m, c in cal.items()]),
+            ("img", plots.plot_reliability(cal, out_dir / "reliability.png"),
+             "Reliability diagram: accuracy against confidence, 15 bins")]
+
+
+def _metric_cell(rs: list[RunData], key: str) -> str:
+    values = [r.metrics.get(key) for r in rs if r.metrics]
+    present = [v for v in values if v is not None]
+    if not present:
+        return "—"
+    text = summary(present).text()
+    missed = sum(1 for r in rs if key in r.metrics.get("not_reached", []))
+    return text + (f" ({missed} of {len(rs)} never reached: counted as epochs + 1)" if missed else "")
+
+
+def _curve_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Block]:
+    groups = {m: [r.records for r in rs if r.records] for m, rs in runs.items()}
+    groups = {m: g for m, g in groups.items() if g}
+    figs = plots.plot_overlay(groups, out_dir) if groups else []
+    keys = [k for k in METRIC_LABELS if any(k in r.metrics for rs in runs.values() for r in rs)]
+    return ([("h2", "Curves")] + [("img", p, alt) for p, alt in zip(
+                figs, ["Loss, log scale (train dashed, val solid; band ±1 sd over seeds)",
+                       "Accuracy (train dashed, val solid; band ±1 sd over seeds)"])]
+            + [("h2", "Convergence and stability"),
+               ("table", ["Metric"] + list(runs), [[METRIC_LABELS[k]] + [_metric_cell(runs[m], k) for m in runs]
+                                                   for k in keys]),
+               ("p", "From each run's history; LR phases are read from its lr column. Jumps compare the mean "
+                     "of 3 epochs after an LR step with the mean of 3 before; fluctuation is the RMS deviation "
+                     "of val accuracy from its Savitzky–Golay trend (5 epochs, quadratic), so a fast climb "
+                     "does not count as instability.")])
+
+
+def _gradflow_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Block]:
+    from archbench.train import gradflow
+
+    flows = {m: f for m, rs in runs.items() if (f := gradflow.read(rs[0].dir)) is not None}
+    if not flows:
+        return []
+    path = plots.plot_gradflow(flows, out_dir / "gradflow_shared.png")
+    return [("h2", "Gradient flow"),
+            ("img", path, f"‖grad‖/‖weight‖ per layer over training (first seed of each model), one colour "
+                          f"scale for all"),
+            ("p", "Batch norm makes a layer's output blind to the scale of its weights, so the raw gradient norm "
+                  "shrinks as the weights grow; the ratio ‖g‖/‖w‖ is the relative step each layer takes.")]
+
+
+def _environment_blocks(manifest, runs: dict[str, list[RunData]]) -> list[Block]:
+    env = manifest.environment
+    cfg = next(iter(runs.values()))[0].cfg
+    lrs = ", ".join(f"{m} {rs[0].cfg.lr:g}" for m, rs in runs.items())
+    rows = [[k, str(v)] for k, v in env.items() if v is not None]
+    per_model = []
+    for m, rs in runs.items():
+        secs = [rec["epoch_seconds"] for r in rs for rec in r.records if rec.get("epoch_seconds") is not None]
+        per_model.append([m, f"{rs[0].result.params:,}", f"{rs[0].result.flops_per_image / 1e9:.3f}",
+                          f"{np.mean(secs):.2f}" if secs else "—", ", ".join(str(r.cfg.seed) for r in rs)])
+    return [("h2", "Protocol"), ("list", [
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, SGD (initial lr: {lrs}; momentum {cfg.momentum}, weight "
+        f"decay {cfg.weight_decay}), MultiStepLR milestones {list(cfg.milestones)} gamma {cfg.gamma}",
+        f"{cfg.pipeline} input pipeline, {cfg.precision}; train subset: {cfg.train_subset or 'all'}, "
+        f"test subset: {cfg.test_subset or 'all'}" + (f", {cfg.val_split:,} held out for validation"
+                                                      if cfg.val_split else ""),
+        selection_note(cfg),
+        f"smallest accuracy difference of interest: {manifest.min_effect_pp:g} pp"]),
+        ("h3", "Environment"), ("table", ["", ""], rows),
+        ("table", ["Model", "Parameters", "GFLOPs / image (forward)", "s / epoch (mean)", "Seeds"], per_model)]
+
+
+def build(out_dir: Path, min_effect_pp: float | None = None) -> list[Block]:
+    out_dir = Path(out_dir)
+    manifest, runs = load(out_dir)
+    min_effect = manifest.min_effect_pp if min_effect_pp is None else min_effect_pp
+    vs = verdict_rules.verdicts(runs, min_effect)
+    blocks: list[Block] = [("h1", f"archbench report: {' vs '.join(runs)}"), ("h2", "Verdicts")]
+    blocks += _verdict_blocks(vs)
+    warn = warnings(runs)
+    if warn:
+        blocks += [("warnings", warn)]
+    blocks += _results_blocks(out_dir, runs, min_effect)
+    blocks += _curve_blocks(out_dir, runs)
+    blocks += _gradflow_blocks(out_dir, runs)
+    blocks += _environment_blocks(manifest, runs)
+    blocks += [("h2", "Rules"), ("p", " ".join(verdict_rules.__doc__.split())),
+               ("p", "Intervals: run-level metrics use a paired t interval over seeds (seeds pair runs: same data "
+                     "order and augmentation); final accuracy uses a two-level bootstrap that resamples seeds and "
+                     "then test images, so it includes test-set sampling noise. McNemar's exact test asks whether "
+                     "two trained networks differ on this test set; it does not generalise over seeds. Where "
+                     "nothing varies (one seed, or ties at every seed) no interval or p-value is given.")]
+    return blocks
+
+
+# ---------------------------------------------------------------- rendering
 
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
@@ -146,12 +232,16 @@ def _md_cell(text: str) -> str:
 def to_markdown(blocks: list[Block], base: Path) -> str:
     out = []
     for kind, *rest in blocks:
-        if kind in ("h1", "h2"):
-            out.append(("# " if kind == "h1" else "## ") + rest[0])
-        elif kind == "p":
-            out.append(rest[0])
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + rest[0])
+        elif kind in ("p", "md"):
+            out.append(rest[0].rstrip("\n"))
         elif kind == "list":
             out.append("\n".join(f"- {item}" for item in rest[0]))
+        elif kind == "warnings":
+            out.append("\n".join(f"> ⚠ {w}" for w in rest[0]))
+        elif kind == "verdicts":
+            out.append("\n\n".join(f"> **{label.upper()}** · {title}  \n> {text}" for label, title, text in rest[0]))
         elif kind == "table":
             head, rows = rest
             lines = ["| " + " | ".join(map(_md_cell, head)) + " |", "|" + "|".join("---" for _ in head) + "|"]
@@ -163,20 +253,42 @@ def to_markdown(blocks: list[Block], base: Path) -> str:
     return "\n\n".join(out) + "\n"
 
 
-def to_html(blocks: list[Block]) -> str:
+def _md_table_to_html(text: str) -> str:
+    """The study's table is written once, as Markdown; this renders its table rows and notes."""
+    lines = text.strip("\n").splitlines()
+    rows = [line for line in lines if line.startswith("|")]
+    notes = [line for line in lines if line and not line.startswith("|")]
+    cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows if not set(r) <= set("|-")]
+    head, body = cells[0], cells[1:]
+    return (_html_table(head, body) + "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes))
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>" +
+            "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+
+
+def to_html(blocks: list[Block], title: str) -> str:
     body = []
     for kind, *rest in blocks:
-        if kind in ("h1", "h2"):
+        if kind in ("h1", "h2", "h3"):
             body.append(f"<{kind}>{html.escape(rest[0])}</{kind}>")
         elif kind == "p":
             body.append(f"<p>{html.escape(rest[0])}</p>")
+        elif kind == "md":
+            body.append(_md_table_to_html(rest[0]))
         elif kind == "list":
             body.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in rest[0]) + "</ul>")
+        elif kind == "warnings":
+            body.append('<div class="warnings">' + "".join(f"<p>⚠ {html.escape(w)}</p>" for w in rest[0]) + "</div>")
+        elif kind == "verdicts":
+            boxes = "".join(
+                f'<div class="verdict" style="border-color:{LABEL_COLORS[label]}">'
+                f'<span class="label" style="background:{LABEL_COLORS[label]}">{html.escape(label)}</span> '
+                f"<strong>{html.escape(t)}</strong><p>{html.escape(text)}</p></div>" for label, t, text in rest[0])
+            body.append(f'<section id="verdicts">{boxes}</section>')
         elif kind == "table":
-            head, rows = rest
-            body.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>" +
-                        "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) +
-                        "</table>")
+            body.append(_html_table(*rest))
         elif kind == "img":
             path, alt = rest
             data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
@@ -185,15 +297,18 @@ def to_html(blocks: list[Block]) -> str:
     style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
              "text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}"
-             "figcaption{color:#555;font-size:90%}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>archbench report</title>"
+             "figcaption{color:#555;font-size:90%}.note{color:#555;font-size:90%;margin:.2em 0}"
+             ".verdict{border-left:6px solid;padding:.4em .8em;margin:.6em 0;background:#fafafa}"
+             ".verdict p{margin:.3em 0 0}.label{color:#fff;border-radius:3px;padding:1px 6px;font-size:85%;"
+             "text-transform:uppercase}.warnings{background:#fff6d6;border:1px solid #e0c060;padding:.2em .8em}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
-def write_report(out_dir: Path) -> tuple[Path, Path]:
+def write_report(out_dir: Path, min_effect_pp: float | None = None) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
-    blocks = build(out_dir)
+    blocks = build(out_dir, min_effect_pp)
     md, page = out_dir / "report.md", out_dir / "report.html"
     atomic_write_text(md, to_markdown(blocks, out_dir))
-    atomic_write_text(page, to_html(blocks))
+    atomic_write_text(page, to_html(blocks, blocks[0][1]))
     return md, page

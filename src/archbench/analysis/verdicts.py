@@ -1,39 +1,80 @@
-"""Verdicts on the study's two hypotheses, by stated rules from the runs' metrics.
+"""Verdicts on the study's hypotheses, by stated rules, for each resnet against its
+same-depth plain twin and against every other non-resnet model.
 
-H1 (the identity path makes training more stable and converge faster), for a residual
-model A against a model B (its same-depth plain twin, or VGG):
-  metrics, lower is better: epochs to reach 80% val accuracy (a run that never does
-  counts as its length + 1), and the mean absolute epoch-to-epoch change of val accuracy
-  in the first LR phase. With D = A − B and its 95% Welch interval per metric:
-  supported if every interval lies below 0; not supported if any lies above 0;
-  inconclusive otherwise (also when a model has fewer than two seeds).
-H2 (A reaches a higher test accuracy with fewer parameters than B):
-  not supported if A has at least as many parameters, or if the interval of the test
-  accuracy difference lies below 0; supported if A has fewer parameters and the interval
-  lies above 0; inconclusive otherwise.
+Labels: supported, contradicted, not shown, not applicable.
+
+Every comparison below is one test in a family; the family's p-values are Holm-corrected
+together. A test *favours* A when its Holm-adjusted p < 0.05 and its estimate is at least
+the smallest effect of interest in A's favour; it *goes against* A the same way in B's
+favour; otherwise it shows nothing, however small its p.
+
+H1 (the identity path makes training more stable and converge faster), A vs B, paired by
+seed. Convergence: epochs to 80% val accuracy, epochs to a training loss of 0.5, mean
+training loss over the first LR phase. Stability: val-accuracy fluctuation around its
+smoothed trend in the first LR phase, and divergence (a diverged run is an outcome).
+Contradicted if any test goes against A or A diverged in more seeds than B; supported if a
+convergence test favours A and stability favours A (its test, or B diverged in more seeds)
+with nothing against; not shown otherwise.
+
+H2 (higher final test accuracy with fewer parameters), A vs B: accuracy is the final
+weights' (the last epoch's, or the best-on-validation epoch's with --val-split), the
+interval a two-level bootstrap over seeds and test images. Against the same-depth plain
+twin the parameter part is not applicable (the shortcuts' projections are all A adds), so
+H2 is *not applicable* and the accuracy difference is judged on its own. Otherwise:
+contradicted if A has at least as many parameters or the accuracy test goes against A;
+supported if the accuracy test favours A; not shown otherwise. One seed per model shows
+nothing: the seed-to-seed spread is unknown.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from archbench.analysis.stats import Difference, welch
+from archbench.analysis import stats
+from archbench.analysis.evidence import RunData, accuracy_evidence, metric_difference
+from archbench.config import Config
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
-H1_METRICS = (("epochs_to_80", "epochs to 80% val acc"),
-              ("phase1_val_acc_mean_abs_change", "mean |Δ val acc| per epoch, first LR phase (pp)"))
+SUPPORTED, CONTRADICTED, NOT_SHOWN, NOT_APPLICABLE = "supported", "contradicted", "not shown", "not applicable"
+ALPHA = 0.05
+H1_TEXT = "H1: more stable, faster convergence"
+H2_TEXT = "H2: higher test accuracy with fewer parameters"
+ACC_TEXT = "Final test accuracy"
+DEFAULT_MIN_EFFECT_PP = Config.min_effect  # smallest accuracy difference of interest, percentage points
+
+# H1 metrics (lower is better), each with its smallest effect of interest in its own unit.
+CONVERGENCE = (("epochs_to_80", "epochs to 80% val acc", 1.0, "epochs"),
+               ("epochs_to_train_loss", "epochs to train loss ≤ 0.5", 1.0, "epochs"),
+               ("phase1_train_loss_mean", "mean train loss, first LR phase", 0.02, "nats"))
+STABILITY = (("phase1_val_acc_fluctuation", "val acc fluctuation around trend, first LR phase", 0.1, "pp"),)
 
 
-@dataclass(frozen=True)
-class RunFacts:
-    """What the verdicts need of one run (one model, one seed)."""
+@dataclass
+class Test:
+    """One comparison in the family: A − B of one quantity, and what it shows."""
 
-    model: str
-    seed: int
-    params: int
-    epochs: int
-    test_acc: float
-    metrics: dict
+    label: str
+    estimate: stats.Estimate
+    min_effect: float
+    unit: str
+    lower_is_better: bool  # for A
+    p_holm: float | None = None
+
+    def favours(self, sign: int) -> bool:
+        """sign +1: the test favours A; −1: it goes against A."""
+        e = self.estimate
+        if self.p_holm is None or self.p_holm >= ALPHA or not math.isfinite(e.diff):
+            return False
+        toward_a = -e.diff if self.lower_is_better else e.diff
+        return sign * toward_a >= self.min_effect
+
+    def text(self) -> str:
+        e = self.estimate
+        if not math.isfinite(e.diff):
+            return f"{self.label}: not available ({e.note})"
+        p = "" if self.p_holm is None else f", Holm p = {self.p_holm:.3g}"
+        return (f"{self.label}: {e.text(unit=self.unit)}{p}; smallest effect of interest "
+                f"{self.min_effect:g} {self.unit}")
 
 
 @dataclass
@@ -41,59 +82,109 @@ class Verdict:
     hypothesis: str
     a: str
     b: str
-    verdict: str
-    evidence: list[str] = field(default_factory=list)
+    label: str = NOT_SHOWN
+    tests: list[Test] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    decide: object = None  # sets ``label`` once the family's p-values are adjusted
+
+    def sentence(self) -> str:
+        return "; ".join([t.text() for t in self.tests] + self.notes)
 
 
-def _below(d: Difference) -> bool:
-    return d.ci_high is not None and d.ci_high < 0
+def _diverged(runs: list[RunData]) -> int:
+    return sum(1 for r in runs if r.result.diverged)
 
 
-def _above(d: Difference) -> bool:
-    return d.ci_low is not None and d.ci_low > 0
+def h1(a: list[RunData], b: list[RunData]) -> Verdict:
+    v = Verdict(H1_TEXT, a[0].cfg.model, b[0].cfg.model)
+    conv = [Test(label, metric_difference(a, b, key), sesoi, unit, True) for key, label, sesoi, unit in CONVERGENCE]
+    stab = [Test(label, metric_difference(a, b, key), sesoi, unit, True) for key, label, sesoi, unit in STABILITY]
+    v.tests = conv + stab
+    da, db = _diverged(a), _diverged(b)
+    if da or db:
+        v.notes.append(f"diverged: {v.a} {da} of {len(a)} seeds, {v.b} {db} of {len(b)}")
 
+    def decide() -> None:
+        if da > db or any(t.favours(-1) for t in v.tests):
+            v.label = CONTRADICTED
+        elif any(t.favours(+1) for t in conv) and (db > da or any(t.favours(+1) for t in stab)):
+            v.label = SUPPORTED
+        else:
+            v.label = NOT_SHOWN
 
-def _metric(r: RunFacts, key: str) -> float:
-    v = r.metrics.get(key)
-    return float(r.epochs + 1) if v is None else float(v)
-
-
-def h1(a: list[RunFacts], b: list[RunFacts]) -> Verdict:
-    diffs = []
-    v = Verdict("H1: more stable, faster convergence", a[0].model, b[0].model, INCONCLUSIVE)
-    for key, label in H1_METRICS:
-        d = welch([_metric(r, key) for r in a], [_metric(r, key) for r in b])
-        diffs.append(d)
-        v.evidence.append(f"{label}: {a[0].model} − {b[0].model} = {d.text(unit='')}")
-    if all(_below(d) for d in diffs):
-        v.verdict = SUPPORTED
-    elif any(_above(d) for d in diffs):
-        v.verdict = NOT_SUPPORTED
+    v.decide = decide
     return v
 
 
-def h2(a: list[RunFacts], b: list[RunFacts]) -> Verdict:
-    v = Verdict("H2: higher test accuracy with fewer parameters", a[0].model, b[0].model, INCONCLUSIVE)
-    pa, pb = a[0].params, b[0].params
-    d = welch([r.test_acc for r in a], [r.test_acc for r in b])
-    v.evidence.append(f"parameters: {pa / 1e6:.2f}M vs {pb / 1e6:.2f}M")
-    v.evidence.append(f"test accuracy: {a[0].model} − {b[0].model} = {d.text()}")
-    if pa >= pb or _below(d):
-        v.verdict = NOT_SUPPORTED
-    elif _above(d):
-        v.verdict = SUPPORTED
-    return v
+def _accuracy_test(a: list[RunData], b: list[RunData], min_effect: float) -> tuple[Test, list[str]]:
+    ev = accuracy_evidence(a, b)
+    if ev is None:
+        e = stats.Estimate(float("nan"), 0, None, None, None, "two-level bootstrap", "no seed has final weights for both")
+        return Test("final test accuracy", e, min_effect, "pp", False), []
+    e = ev.bootstrap
+    notes = []
+    if len(ev.seeds) < 2:
+        # Test-image noise alone would make one network pair look like an architecture effect.
+        e = stats.Estimate(e.diff, 1, e.ci_low, e.ci_high, None, e.method,
+                           "one seed per model: the seed-to-seed spread is unknown")
+    elif ev.mde_pp is not None:
+        notes.append(f"with {len(ev.seeds)} seeds this design detects differences ≥ {ev.mde_pp:.2f} pp "
+                     f"(80% power, α = 0.05)")
+    if ev.mcnemar_pooled.p_value is not None:
+        notes.append(f"McNemar (pooled over seeds) p = {ev.mcnemar_pooled.p_value:.3g}")
+    return Test("final test accuracy", e, min_effect, "pp", False), notes
 
 
-def verdicts(runs: dict[str, list[RunFacts]]) -> list[Verdict]:
-    """Every H1/H2 verdict the compared models allow: each resnet against its same-depth plain
-    twin and against every non-ResNet-family model (VGG); plain nets of another depth are skipped."""
+def h2(a: list[RunData], b: list[RunData], twin: bool, min_effect: float) -> list[Verdict]:
+    """H2, and for a plain twin the accuracy comparison on its own."""
+    name_a, name_b = a[0].cfg.model, b[0].cfg.model
+    pa, pb = a[0].result.params, b[0].result.params
+    test, notes = _accuracy_test(a, b, min_effect)
+    params = f"parameters {pa / 1e6:.2f}M vs {pb / 1e6:.2f}M"
+    if twin:
+        h = Verdict(H2_TEXT, name_a, name_b, NOT_APPLICABLE, notes=[
+            f"{name_b} is {name_a} without shortcuts: the parameter claim does not apply ({params}; the "
+            f"projection shortcuts add {pa - pb:,}); the accuracy difference is judged on its own below"])
+        acc = Verdict(ACC_TEXT, name_a, name_b, tests=[test], notes=notes)
+        acc.decide = lambda: setattr(acc, "label", _accuracy_label(test))
+        return [h, acc]
+    v = Verdict(H2_TEXT, name_a, name_b, tests=[test], notes=[params] + notes)
+
+    def decide() -> None:
+        v.label = CONTRADICTED if pa >= pb or test.favours(-1) else _accuracy_label(test)
+
+    v.decide = decide
+    return [v]
+
+
+def _accuracy_label(test: Test) -> str:
+    if test.favours(+1):
+        return SUPPORTED
+    return CONTRADICTED if test.favours(-1) else NOT_SHOWN
+
+
+def pairs(models: list[str]) -> list[tuple[str, str, bool]]:
+    """(resnet, other, other is its same-depth plain twin) for every pair that gets verdicts."""
     out = []
-    for a in (m for m in runs if m.startswith("resnet")):
-        depth = a[len("resnet"):]
-        for b in runs:
-            if b.startswith("resnet") or (b.startswith("plain") and b != f"plain{depth}"):
+    for a in (m for m in models if m.startswith("resnet")):
+        twin = f"plain{a[len('resnet'):]}"
+        for b in models:
+            if b.startswith("resnet") or (b.startswith("plain") and b != twin):
                 continue
-            out.append(h1(runs[a], runs[b]))
-            out.append(h2(runs[a], runs[b]))
+            out.append((a, b, b == twin))
+    return out
+
+
+def verdicts(runs: dict[str, list[RunData]], min_effect_pp: float = DEFAULT_MIN_EFFECT_PP) -> list[Verdict]:
+    """Every verdict the compared models allow, decided with one Holm correction over all their tests."""
+    out: list[Verdict] = []
+    for a, b, twin in pairs(list(runs)):
+        out.append(h1(runs[a], runs[b]))
+        out += h2(runs[a], runs[b], twin, min_effect_pp)
+    family = [t for v in out for t in v.tests]
+    for t, p in zip(family, stats.holm([t.estimate.p_value for t in family])):
+        t.p_holm = p
+    for v in out:
+        if v.decide is not None:
+            v.decide()
     return out

@@ -16,6 +16,7 @@ keep), so a resumed run replays them exactly.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator, Protocol
 
 import numpy as np
@@ -108,8 +109,7 @@ class FastPipeline:
 
 def test_pipeline(data: Cifar10, batch_size: int, device: torch.device) -> FastPipeline:
     """A pipeline for evaluation only: the test set on the device, no training copy."""
-    test_only = Cifar10(data.x_train[:0], data.y_train[:0], data.x_test, data.y_test,
-                        data.test_exact, data.source)
+    test_only = dataclasses.replace(data, x_train=data.x_train[:0], y_train=data.y_train[:0])
     return FastPipeline(test_only, batch_size, seed=0, device=device)
 
 

@@ -64,6 +64,11 @@ class Cifar10:
     y_test: np.ndarray  # (M,) int64
     test_exact: np.ndarray | None  # (M,) bool: pixel-exact images, when the source says so
     source: str  # human-readable: format and path
+    checksums: str = "not checked"  # what the files were verified against, for reports
+    test_index: np.ndarray | None = None  # (M,) official test index of each image; None: 0..M-1
+
+    def test_indices(self) -> np.ndarray:
+        return np.arange(len(self.y_test)) if self.test_index is None else self.test_index
 
 
 # ---------------------------------------------------------------- locating
@@ -254,9 +259,11 @@ def read_npz_xz(folder: Path, *, verify: bool = True, with_train: bool = True) -
     else:
         x_train, y_train = np.zeros((0, 32, 32, 3), np.uint8), np.zeros((0,), np.int64)
     exact = test.get("lossless")
+    checked = ("SHA-256 matched SHA256SUMS" if sums else "no SHA256SUMS to check against") if verify \
+        else "not checked (--no-verify-data)"
     return Cifar10(x_train, y_train.astype(np.int64), _key(test, "x_test", test_file),
                    _key(test, "y_test", test_file).astype(np.int64),
-                   None if exact is None else exact.astype(bool), f"numpy-xz folder {folder}")
+                   None if exact is None else exact.astype(bool), f"numpy-xz folder {folder}", checked)
 
 
 # ---------------------------------------------------------------- official python version
@@ -309,7 +316,8 @@ def _assemble(read: Callable[[str], bytes], where: str, verify: bool, with_train
         y_train = np.concatenate([parsed[n][1] for n in TRAIN_BATCHES])
     else:
         x_train, y_train = np.zeros((0, 32, 32, 3), np.uint8), np.zeros((0,), np.int64)
-    return Cifar10(x_train, y_train, x_test, y_test, None, where)
+    return Cifar10(x_train, y_train, x_test, y_test, None, where,
+                   "official MD5s matched" if verify else "not checked (--no-verify-data)")
 
 
 def read_python_folder(folder: Path, *, verify: bool = True, with_train: bool = True) -> Cifar10:

@@ -41,3 +41,19 @@ def create_model(name: str, num_classes: int = 10) -> nn.Module:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops_per_image(model: nn.Module) -> float:
+    """FLOPs of one inference forward pass on one 32x32 RGB image (torch.utils.flop_counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, 3, 32, 32, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(was_training)
+    return float(counter.get_total_flops())

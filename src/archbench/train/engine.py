@@ -109,7 +109,8 @@ def train_one_epoch(model: nn.Module, batches: Batches, step: Callable, device: 
         raise ValueError("train_one_epoch got no batches")
     first_bad = int(tally.first_bad)  # the pass's one host sync
     if first_bad >= 0:
-        raise DivergenceError(f"loss became non-finite (nan or inf) at step {first_bad + 1} of the epoch")
+        raise DivergenceError(f"loss became non-finite (nan or inf) at step {first_bad + 1} of the epoch",
+                              step=first_bad + 1)
     n = tally.images
     out = {"loss": tally.loss_sum.item() / n, "acc": 100.0 * tally.correct.item() / n, "images": n}
     sync(device)
@@ -119,11 +120,13 @@ def train_one_epoch(model: nn.Module, batches: Batches, step: Callable, device: 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, device: torch.device,
-             exact: torch.Tensor | None = None, precision: str = "fp32") -> dict:
-    """Mean loss and accuracy (%) over ``batches``, in order.
+             exact: torch.Tensor | None = None, precision: str = "fp32", keep_outputs: bool = False) -> dict:
+    """Mean loss and accuracy (%) over ``batches``, in order, with one host sync at the end.
 
     ``exact`` (bool, one per image, in batch order) marks pixel-exact images; the
     result then also has ``loss_exact``/``acc_exact``/``images_exact`` over those.
+    ``keep_outputs`` adds ``outputs``: per-image ``logits`` (float16), ``loss`` and
+    ``pred`` tensors, on the device, in batch order.
     """
     model.eval()
     start = time.perf_counter()
@@ -131,18 +134,27 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device,
     correct = torch.zeros((), dtype=torch.long, device=device)
     loss_sum_x = torch.zeros((), device=device)
     correct_x = torch.zeros((), dtype=torch.long, device=device)
+    kept: dict[str, list[torch.Tensor]] = {"logits": [], "loss": [], "pred": []}
     n = 0
     for x, y in batches:
         with autocast(device, precision):
             logits = model(x)
-        losses = F.cross_entropy(logits.float(), y, reduction="none")
-        hits = logits.argmax(1) == y
+        logits = logits.float()
+        losses = F.cross_entropy(logits, y, reduction="none")
+        pred = logits.argmax(1)
+        hits = pred == y
         loss_sum += losses.sum()
         correct += hits.sum()
         if exact is not None:
+            # Masking by where/and keeps the pass on the device: indexing with a boolean
+            # mask must first count the mask on the host, a sync per batch.
             m = exact[n:n + y.shape[0]]
-            loss_sum_x += losses[m].sum()
-            correct_x += hits[m].sum()
+            loss_sum_x += torch.where(m, losses, 0.0).sum()
+            correct_x += (hits & m).sum()
+        if keep_outputs:
+            kept["logits"].append(logits.half())
+            kept["loss"].append(losses)
+            kept["pred"].append(pred)
         n += y.shape[0]
     if n == 0:
         raise ValueError("evaluate got no batches")
@@ -151,6 +163,8 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device,
         n_x = int(exact[:n].sum())
         out.update(loss_exact=loss_sum_x.item() / max(n_x, 1),
                    acc_exact=100.0 * correct_x.item() / max(n_x, 1), images_exact=n_x)
+    if keep_outputs:
+        out["outputs"] = {k: torch.cat(v) for k, v in kept.items()}
     sync(device)
     out["seconds"] = time.perf_counter() - start
     return out

@@ -1,21 +1,26 @@
-"""Gradient flow: per-layer gradient L2 norms, a few times per epoch, without host syncs.
+"""Gradient flow: per-layer gradient and weight L2 norms, a few times per epoch, without host syncs.
 
 The weights of every conv and linear layer are tracked, input to output. Norms are
-computed on the device right after a step (one fused ``_foreach_norm``), kept there,
+computed on the device right after a step (fused ``_foreach_norm``s), kept there,
 and copied to the host once per epoch. Saved per run as ``gradflow.csv``: columns
-``epoch``, ``t`` (position in epochs, e.g. 2.25 = a quarter into epoch 3), then one
-column per layer.
+``epoch``, ``t`` (position in epochs, e.g. 2.25 = a quarter into epoch 3), then
+``grad:<layer>`` for every layer, then ``weight:<layer>``. The weight norms matter
+because batch norm makes a layer's output blind to its weights' scale, so ‖g‖ alone
+shrinks as ‖w‖ grows; ‖g‖/‖w‖ is the relative update size that compares across layers.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
+from archbench.errors import ArchbenchError
 from archbench.io_utils import atomic_write_text
 
 FILE_NAME = "gradflow.csv"
@@ -26,10 +31,16 @@ def tracked_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
             if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
+def columns(model: nn.Module) -> list[str]:
+    """gradflow.csv's columns after ``epoch`` and ``t``."""
+    names = [n for n, _ in tracked_layers(model)]
+    return [f"grad:{n}" for n in names] + [f"weight:{n}" for n in names]
+
+
 class GradFlow:
     def __init__(self, model: nn.Module, steps_per_epoch: int, per_epoch: int):
         self.layers = tracked_layers(model)
-        self.names = [n for n, _ in self.layers]
+        self.names = columns(model)
         self.params = [p for _, p in self.layers]
         self.steps_per_epoch = steps_per_epoch
         self.every = max(1, steps_per_epoch // per_epoch) if per_epoch > 0 else 0
@@ -39,7 +50,8 @@ class GradFlow:
     def after_step(self, step: int, grads_of) -> None:
         """Called after training step ``step`` (0-based) of an epoch; ``grads_of(params)`` gives its grads."""
         if self.every and step % self.every == self.every - 1:
-            self._norms.append(torch.stack(torch._foreach_norm(grads_of(self.params))).float())
+            norms = torch._foreach_norm(grads_of(self.params)) + torch._foreach_norm(self.params)
+            self._norms.append(torch.stack(norms).float())
             self._steps.append(step)
 
     def take(self, epoch: int) -> list[list[float]]:
@@ -70,11 +82,31 @@ def sync(run_dir: Path, names: list[str], rows: list[list[float]]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
-def read(run_dir: Path) -> tuple[list[str], list[list[float]]] | None:
+@dataclass(frozen=True)
+class Flow:
+    layers: list[str]  # input to output
+    t: np.ndarray  # (T,) position in epochs
+    grad: np.ndarray  # (T, layers) gradient L2 norms
+    weight: np.ndarray  # (T, layers) weight L2 norms at the same steps
+
+    def relative(self) -> np.ndarray:
+        """‖g‖/‖w‖ per record and layer."""
+        return self.grad / np.maximum(self.weight, np.finfo(float).tiny)
+
+
+def read(run_dir: Path) -> Flow | None:
+    """A run's gradflow.csv, or None when the run recorded none."""
     path = Path(run_dir) / FILE_NAME
     if not path.is_file():
         return None
     rows = list(csv.reader(io.StringIO(path.read_text())))
     if len(rows) < 2:
         return None
-    return rows[0][2:], [[float(v) for v in r] for r in rows[1:]]
+    head = rows[0][2:]
+    layers = [c[len("grad:"):] for c in head if c.startswith("grad:")]
+    if head != [f"grad:{n}" for n in layers] + [f"weight:{n}" for n in layers]:
+        raise ArchbenchError(f"{path}: unexpected columns (expected grad:<layer>... weight:<layer>...); "
+                             f"delete it and resume the run to rewrite it from the checkpoint")
+    arr = np.array([[float(v) for v in r] for r in rows[1:]])
+    k = len(layers)
+    return Flow(layers, arr[:, 1], arr[:, 2:2 + k], arr[:, 2 + k:])

@@ -7,15 +7,16 @@ loop itself is in ``engine``; this module decides what happens around it.
 
 from __future__ import annotations
 
+import math
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from archbench.train import checkpoint, gradflow, history
+from archbench.train import checkpoint, divergence, gradflow, history
 from archbench.config import Config, protocol_mismatch, resolve, write_json
 from archbench.data.pipelines import build_pipeline, num_batches
 from archbench.data.sources import NUM_CLASSES, Cifar10, load_cifar10
@@ -41,21 +42,23 @@ def load_data(cfg: Config) -> Cifar10:
 
 
 def take_subsets(data: Cifar10, train_subset: int | None, test_subset: int | None) -> Cifar10:
-    x_tr, y_tr, x_te, y_te, exact = data.x_train, data.y_train, data.x_test, data.y_test, data.test_exact
     if train_subset is not None:
-        i = balanced_indices(y_tr, train_subset, NUM_CLASSES, "--train-subset")
-        x_tr, y_tr = x_tr[i], y_tr[i]
+        i = balanced_indices(data.y_train, train_subset, NUM_CLASSES, "--train-subset")
+        data = replace(data, x_train=data.x_train[i], y_train=data.y_train[i])
     if test_subset is not None:
-        i = balanced_indices(y_te, test_subset, NUM_CLASSES, "--test-subset")
-        x_te, y_te, exact = x_te[i], y_te[i], None if exact is None else exact[i]
-    return Cifar10(x_tr, y_tr, x_te, y_te, exact, data.source)
+        i = balanced_indices(data.y_test, test_subset, NUM_CLASSES, "--test-subset")
+        exact = None if data.test_exact is None else data.test_exact[i]
+        data = replace(data, x_test=data.x_test[i], y_test=data.y_test[i], test_exact=exact,
+                       test_index=data.test_indices()[i])
+    return data
 
 
 def hold_out_validation(data: Cifar10, n: int, seed: int) -> Cifar10:
     """The data a run with ``--val-split n`` trains on: its "test" split is the held-out images."""
     keep, held = stratified_holdout(data.y_train, n, NUM_CLASSES, seed)
-    return Cifar10(data.x_train[keep], data.y_train[keep], data.x_train[held], data.y_train[held], None,
-                   f"{data.source}, {n} training images held out for validation")
+    return replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep], x_test=data.x_train[held],
+                   y_test=data.y_train[held], test_exact=None, test_index=held,
+                   source=f"{data.source}, {n} training images held out for validation")
 
 
 def exact_mask(data: Cifar10, device: torch.device) -> torch.Tensor | None:
@@ -142,10 +145,11 @@ class Run:
 
     def _train_locked(self, data_fn: Callable[[], Cifar10], resume: bool) -> RunState:
         cfg = self.cfg
+        divergence.refuse_retraining(self.run_dir, cfg)
         model, opt, state = self._fresh()
         if _has_run_to_continue(self.run_dir, resume):
             state = self._restore(model, opt)
-        gradflow.sync(self.run_dir, [n for n, _ in gradflow.tracked_layers(model)], state.gradflow)
+        gradflow.sync(self.run_dir, gradflow.columns(model), state.gradflow)
         if state.epoch >= cfg.epochs:
             history.sync(self.run_dir, state.records)
             self.log(f"[{cfg.model}] finished run found in {self.run_dir} "
@@ -177,6 +181,10 @@ class Run:
                     log_scalars(board, record)
                 if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
                     self.log(summary_line(cfg.model, record, cfg.epochs))
+        except DivergenceError as e:
+            writer.close(raise_errors=False)  # the last finite epoch lands before the outcome is recorded
+            divergence.write(self.run_dir, cfg, e)
+            raise
         except BaseException:
             writer.close(raise_errors=False)  # the epochs already handed over still land
             raise
@@ -211,6 +219,11 @@ class Run:
                          "milestones": list(cfg.milestones), "gamma": cfg.gamma}}
         writer.submit(EpochFiles(last, [record], best))
 
+    def _diverged(self, epoch: int, what: str, step: int | None) -> DivergenceError:
+        kept = f"keeps the checkpoint of epoch {epoch - 1}" if epoch > 1 else "has no checkpoint"
+        return DivergenceError(f"[{self.cfg.model}] epoch {epoch}: {what}; the run stopped and {self.run_dir} "
+                               f"{kept} — lower --lr or check the data", epoch, step)
+
     def _epoch(self, model, opt, step, tally, pipe, exact, epoch: int, grads: GradFlow) -> dict:
         cfg = self.cfg
         lr = multistep_lr(epoch, cfg.lr, cfg.milestones, cfg.gamma)
@@ -222,13 +235,12 @@ class Run:
             tr = train_one_epoch(model, batches, step, self.device, tally,
                                  after_step=lambda i: grads.after_step(i, step.grads_of))
         except DivergenceError as e:
-            kept = f"keeps the checkpoint of epoch {epoch}" if epoch else "has no checkpoint yet"
-            raise DivergenceError(
-                f"[{cfg.model}] epoch {epoch + 1}: {e}; the run stopped and {self.run_dir} {kept} "
-                f"— lower --lr or check the data") from e
+            raise self._diverged(epoch + 1, str(e), e.step) from e
         batches = progress(pipe.test_batches(), num_batches(pipe.test_size, pipe.eval_batch_size),
                            f"{cfg.model} {epoch + 1}/{cfg.epochs} eval", cfg.quiet)
         ev = evaluate(model, batches, self.device, exact, cfg.precision)
+        if not math.isfinite(ev["loss"]):
+            raise self._diverged(epoch + 1, f"the validation loss is {ev['loss']} (non-finite)", None)
         return {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
                 "val_loss": ev["loss"], "val_acc": ev["acc"], "val_acc_exact": ev.get("acc_exact"),
                 "train_seconds": tr["seconds"], "eval_seconds": ev["seconds"],
