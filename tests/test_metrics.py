@@ -171,15 +171,15 @@ def test_labels_cover_summarize_keys():
     assert metrics.METRIC_LABELS["milestone2_val_loss_jump"].startswith("val loss change at 2nd LR step")
 
 
-def test_mean_band_uses_common_prefix():
+def test_mean_band_averages_the_runs_that_reached_each_epoch():
     a = H([0.1] * 4, [0] * 4, [10, 20, 30, 40], [1] * 4, [1] * 4)
     b = H([0.1] * 3, [0] * 3, [20, 40, 60], [1] * 3, [1] * 3)
-    epochs, mean, std = metrics.mean_band([a, b], "val_acc")
-    assert epochs == [1, 2, 3]
-    assert mean == pytest.approx([15, 30, 45])
-    assert std == pytest.approx([10 / 2 ** 0.5, 20 / 2 ** 0.5, 30 / 2 ** 0.5])  # sample std, ddof=1
-    assert metrics.mean_band([a], "val_acc") == ([1, 2, 3, 4], [10, 20, 30, 40], [0.0] * 4)
+    epochs, mean, std, count = metrics.mean_band([a, b], "val_acc")
+    assert epochs == [1, 2, 3, 4] and count == [2, 2, 2, 1]
+    assert mean == pytest.approx([15, 30, 45, 40])
+    assert std == pytest.approx([10 / 2 ** 0.5, 20 / 2 ** 0.5, 30 / 2 ** 0.5, 0.0])  # sample std, ddof=1
+    assert metrics.mean_band([a], "val_acc") == ([1, 2, 3, 4], [10, 20, 30, 40], [0.0] * 4, [1] * 4)
     with pytest.raises(ValueError):
-        metrics.mean_band([a, b[1:]], "val_acc")  # epochs 1-3 vs 2-3: no common prefix
+        metrics.mean_band([a, b[1:]], "val_acc")  # epochs 1-3 vs 2-3: not the same epochs
     with pytest.raises(ValueError):
         metrics.mean_band([], "val_acc")

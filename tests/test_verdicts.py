@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from archbench.analysis.compare import Evaluation, Result
-from archbench.analysis.evidence import RunData
+from archbench.analysis.evidence import RunData, accuracy_evidence
 from archbench.analysis.verdicts import (CONTRADICTED, NOT_APPLICABLE, NOT_SHOWN, SUPPORTED, h1, h2, pairs,
                                          verdicts)
 from archbench.config import Config
@@ -113,6 +113,18 @@ def test_a_diverged_run_counts_against_its_model_in_h1():
                        diverged=(None, {"epoch": 7, "step": 3}, None))
     (v,) = decided(h1(shaky, VGG))
     assert v.label == CONTRADICTED and "diverged: resnet18 1 of 3 seeds, vgg19_bn 0 of 3" in v.sentence()
+    (acc,) = decided(*h2(shaky, VGG, twin=False, min_effect=0.3))  # no final weights: left out, named
+    assert acc.tests[0].estimate.n == 2 and "left out, diverged: resnet18 seed 1" in acc.sentence()
+
+
+def test_an_accuracy_effect_needs_the_paired_t_as_well_as_the_bootstrap():
+    # Seeds disagree in sign: the bootstrap over 3 seeds alone would be too liberal.
+    res = model_runs("resnet18", [5, 6, 5], [1.0, 1.2, 1.1], [9600, 9300, 9610], BASE)
+    assert accuracy_evidence(res, VGG).bootstrap.p_value < 0.01  # alone it would say "supported"
+    (v,) = decided(*h2(res, VGG, twin=False, min_effect=0.3))
+    t_p = next(n for n in v.notes if n.startswith("paired t over seeds"))
+    assert v.label == NOT_SHOWN and "95% CI" in t_p
+    assert v.tests[0].estimate.p_value >= 0.05
 
 
 def test_holm_adjusts_over_the_whole_family():

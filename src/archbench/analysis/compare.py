@@ -70,7 +70,10 @@ class Result:
 
     @property
     def final(self) -> Evaluation | None:
-        """The weights that judge the model: best-by-validation with a held-out split, else the last."""
+        """The weights that judge the model: best-by-validation with a held-out split, else the
+        last; none for a diverged run, whose weights never finished the protocol."""
+        if self.diverged is not None:
+            return None
         return self.best if self.selected_on == "validation" else self.last
 
     @classmethod
@@ -118,10 +121,9 @@ def evaluate_run(run_dir: Path, data: Cifar10, device: torch.device, batch_size:
         cfg.model, cfg.seed, count_parameters(model), forward_flops_per_image(model), cfg.epochs,
         "validation" if cfg.val_split else "test", best_val, evals["best"], evals["last"], len(data.y_test),
         n_exact, None if diverged is None else {"epoch": diverged["epoch"], "step": diverged["step"]})
-    if write:
+    if write:  # predictions first: final.json never describes predictions that are not there
+        write_predictions(run_dir, arrays if evals["last"] is not None else None)
         write_final(run_dir, result)
-        if evals["last"] is not None:
-            write_predictions(run_dir, arrays)
     return result
 
 
@@ -139,7 +141,11 @@ def read_final(run_dir: Path) -> Result:
         raise ArchbenchError(f"{path} is damaged ({e}); run archbench compare again to rewrite it") from e
 
 
-def write_predictions(run_dir: Path, arrays: dict[str, np.ndarray]) -> None:
+def write_predictions(run_dir: Path, arrays: dict[str, np.ndarray] | None) -> None:
+    """predictions.npz, or none at all (an older one removed) when the run kept no weights."""
+    if arrays is None:
+        (Path(run_dir) / PREDICTIONS_NAME).unlink(missing_ok=True)
+        return
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(Path(run_dir) / PREDICTIONS_NAME, buf.getvalue())

@@ -12,20 +12,29 @@ from archbench import __version__
 from archbench.data.sources import Cifar10
 
 GIT_TIMEOUT_S = 5
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str | None:
+    try:
+        p = subprocess.run(["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, text=True,
+                           timeout=GIT_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return p.stdout.strip() if p.returncode == 0 else None
 
 
 def git_commit() -> str | None:
-    """The commit archbench's source was checked out at, when it runs from a git checkout."""
-    try:
-        p = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
-                           capture_output=True, text=True, timeout=GIT_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired):
+    """The commit of archbench's own checkout, when it runs from one (not of a repository
+    that merely contains an installed copy)."""
+    top = _git("rev-parse", "--show-toplevel")
+    if top is None or PACKAGE_DIR != Path(top).resolve() / "src" / "archbench":
         return None
-    if p.returncode != 0:
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
         return None
-    dirty = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "status", "--porcelain",
-                            "--untracked-files=no"], capture_output=True, text=True, timeout=GIT_TIMEOUT_S)
-    return p.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return commit + (" (with uncommitted changes)" if dirty else "")
 
 
 def device_name(device: torch.device) -> str:

@@ -116,6 +116,7 @@ class AccuracyEvidence:
     mcnemar_pooled: stats.McNemar
     effect_dz: float | None  # mean/sd of the per-seed differences
     mde_pp: float | None  # smallest difference this many seeds detect with 80% power at this spread
+    excluded: list[str]  # runs left out because they diverged ("model seed k")
 
     @property
     def diff(self) -> float:
@@ -123,7 +124,8 @@ class AccuracyEvidence:
 
 
 def accuracy_evidence(a: list[RunData], b: list[RunData]) -> AccuracyEvidence | None:
-    """None when no seed has final predictions for both models."""
+    """None when no seed has final predictions for both models. Diverged runs have no final
+    weights (``Result.final``), so their seeds are left out and listed in ``excluded``."""
     seeds, ca, cb = _paired_by_seed(a, b, RunData.final_correct)
     if not seeds:
         return None
@@ -134,7 +136,8 @@ def accuracy_evidence(a: list[RunData], b: list[RunData]) -> AccuracyEvidence | 
     return AccuracyEvidence(
         seeds, per_seed, stats.paired_t(list(100.0 * ca.mean(axis=1)), list(100.0 * cb.mean(axis=1))),
         stats.two_level_bootstrap(ca, cb, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED), tests,
-        stats.mcnemar_combined(tests), stats.cohens_dz(per_seed), stats.min_detectable_effect(sd, len(seeds)))
+        stats.mcnemar_combined(tests), stats.cohens_dz(per_seed), stats.min_detectable_effect(sd, len(seeds)),
+        [f"{r.cfg.model} seed {r.cfg.seed}" for r in a + b if r.result.diverged])
 
 
 def accuracy_line(a: str, b: str, ev: AccuracyEvidence | None) -> str:
@@ -147,4 +150,5 @@ def accuracy_line(a: str, b: str, ev: AccuracyEvidence | None) -> str:
     text = f"Δ final accuracy ({a} − {b}) = {ev.bootstrap.text()}; {mc_text}"
     if n == 1:
         return text + " (one seed per model: seed-to-seed spread unknown)"
-    return text + f"; per seed {', '.join(f'{d:+.2f}' for d in ev.per_seed)} pp"
+    text += f"; per seed {', '.join(f'{d:+.2f}' for d in ev.per_seed)} pp"
+    return text + (f" (left out, diverged: {', '.join(ev.excluded)})" if ev.excluded else "")

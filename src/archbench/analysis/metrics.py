@@ -181,18 +181,25 @@ LOWER_IS_BETTER: frozenset[str] = frozenset(
     + ["epochs_to_train_loss", "phase1_train_loss_mean", "phase1_val_acc_fluctuation", "phase1_val_acc_std"])
 
 
-def mean_band(runs: Sequence[Records], key: str) -> tuple[list[int], list[float], list[float]]:
-    """Epochs present in every run, and the mean and sample std (ddof=1) of ``key`` across runs.
+def mean_band(runs: Sequence[Records], key: str) -> tuple[list[int], list[float], list[float], list[int]]:
+    """Per epoch that any run reached: the mean and sample std (ddof=1) of ``key`` over the
+    runs that reached it, and how many did.
 
-    Runs of one setting differ in length only when some stopped early, so the common prefix
-    is where every seed still contributes; the std is 0.0 for a single run.
+    Runs of one setting differ in length only when some stopped early (diverged); cutting
+    every seed at the shortest would hide the others' later epochs. The std is 0.0 where
+    one run contributes.
     """
     if not runs or any(not r for r in runs):
         raise ValueError("mean_band needs at least one run, each with records")
-    n = min(len(r) for r in runs)
-    epochs = [r["epoch"] for r in runs[0][:n]]
-    if any([r["epoch"] for r in run[:n]] != epochs for run in runs):
+    n = max(len(r) for r in runs)
+    longest = max(runs, key=len)
+    epochs = [r["epoch"] for r in longest]
+    if any([r["epoch"] for r in run] != epochs[:len(run)] for run in runs):
         raise ValueError("runs do not share the same epoch numbers")
-    values = np.array([[r[key] for r in run[:n]] for run in runs], dtype=float)
-    std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(n)
-    return epochs, values.mean(axis=0).tolist(), std.tolist()
+    means, stds, counts = [], [], []
+    for i in range(n):
+        v = np.array([run[i][key] for run in runs if len(run) > i], dtype=float)
+        means.append(float(v.mean()))
+        stds.append(float(v.std(ddof=1)) if v.size > 1 else 0.0)
+        counts.append(int(v.size))
+    return epochs, means, stds, counts

@@ -58,7 +58,7 @@ def _draw_curves(ax, key: str, runs: list[list[dict]], label: str | None, color=
     from matplotlib.ticker import MaxNLocator
 
     for split, style in (("train", "--"), ("val", "-")):
-        epochs, mean, sd = mean_band(runs, f"{split}_{key}")
+        epochs, mean, sd, _ = mean_band(runs, f"{split}_{key}")
         marker = "o" if len(epochs) <= 20 else None  # a short run's points would vanish as bare lines
         ax.plot(epochs, mean, style, marker=marker, ms=3, color=color,
                 label=None if label is None else f"{label} {split}")
@@ -130,7 +130,8 @@ def plot_per_seed(values: dict[str, list[tuple[int, float]]], path: Path, ylabel
 def plot_confusion(matrices: dict[str, np.ndarray], path: Path) -> Path:
     """Row-normalised confusion matrices (true class down, predicted across), one panel per model."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices) + 0.8, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices) + 0.8, 4.2), squeeze=False,
+                             layout="constrained")
     im = None
     for ax, (model, m) in zip(axes[0], matrices.items()):
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -165,7 +166,7 @@ def plot_gradflow(flows: dict[str, gradflow.Flow], path: Path) -> Path:
     finite = np.concatenate([v[np.isfinite(v)] for v in logs.values()])
     vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (-6.0, 0.0))
     height = max(3.0, 0.12 * max(len(f.layers) for f in flows.values()) + 1.5)
-    fig, axes = plt.subplots(len(flows), 1, figsize=(9, height * len(flows)), squeeze=False)
+    fig, axes = plt.subplots(len(flows), 1, figsize=(9, height * len(flows)), squeeze=False, layout="constrained")
     im = None
     for ax, (model, f) in zip(axes[:, 0], flows.items()):
         im = ax.imshow(logs[model].T, aspect="auto", origin="upper", cmap="viridis", vmin=vmin, vmax=vmax,
@@ -173,7 +174,7 @@ def plot_gradflow(flows: dict[str, gradflow.Flow], path: Path) -> Path:
         step = max(1, len(f.layers) // 12)
         ax.set_yticks(range(0, len(f.layers), step), [f.layers[i] for i in range(0, len(f.layers), step)], fontsize=6)
         ax.set(xlabel="Epoch", ylabel="layer (input at top)", title=f"{model}: ‖grad‖ / ‖weight‖ per layer")
-    fig.colorbar(im, ax=axes[:, 0].tolist(), label="log10 ‖g‖/‖w‖ (shared scale)")
+    fig.colorbar(im, ax=axes[:, 0].tolist(), label="log10 ‖g‖/‖w‖ (one scale for all panels)")
     return _save(fig, path)
 
 

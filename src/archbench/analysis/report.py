@@ -76,8 +76,8 @@ def warnings(runs: dict[str, list[RunData]]) -> list[str]:
             if r.result.diverged:
                 d = r.result.diverged
                 where = f"epoch {d['epoch']}" + (f", step {d['step']}" if d.get("step") else "")
-                out.append(f"{model} seed {r.cfg.seed} diverged at {where}; it counts against {model} in H1, "
-                           f"and its final weights are those of its last finite epoch.")
+                out.append(f"{model} seed {r.cfg.seed} diverged at {where}; it counts against {model} in H1 "
+                           f"and, having no final weights, is left out of the accuracy comparisons.")
     return out
 
 
@@ -88,12 +88,24 @@ def _verdict_blocks(vs: list[verdict_rules.Verdict]) -> list[Block]:
     return [("verdicts", [(v.label, f"{v.hypothesis} — {v.a} vs {v.b}", v.sentence()) for v in vs])]
 
 
-def _results_blocks(out_dir: Path, runs: dict[str, list[RunData]], min_effect: float) -> list[Block]:
+def _results_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Block]:
     results = [r.result for rs in runs.values() for r in rs]
     models = list(runs)
     blocks: list[Block] = [("h2", "Results"), ("md", table_markdown(results))]
-    blocks.append(("list", [accuracy_line(models[0], b, accuracy_evidence(runs[models[0]], runs[b]))
-                            for b in models[1:]]))
+    # The study's Δ (first model − each other), then any pair a verdict judges that it misses.
+    compared = [(models[0], b) for b in models[1:]]
+    compared += [(a, b) for a, b, _ in verdict_rules.pairs(models) if (a, b) not in compared and (b, a) not in compared]
+    evidence = [(a, b, accuracy_evidence(runs[a], runs[b])) for a, b in compared]
+    blocks.append(("list", [accuracy_line(a, b, ev) for a, b, ev in evidence]))
+    rows = [_evidence_row(a, b, ev) for a, b, ev in evidence if ev is not None]
+    if rows:
+        blocks += [("table", ["A − B", "Δ final acc (pp)", "per seed (pp)", "paired t over seeds",
+                              "two-level bootstrap", "McNemar p per seed", "McNemar p pooled", "d_z",
+                              "detectable (80% power)"], rows),
+                   ("p", "Final weights' test accuracy, paired by seed. The paired t interval holds the test set "
+                         "fixed; the bootstrap also resamples test images. McNemar compares the two trained "
+                         "networks image by image. d_z is the mean per-seed difference over its sd; the last "
+                         "column is the smallest true difference this many seeds would detect at this spread.")]
     study = [[m, f"{STUDY[m][0]:.2f}", f"{STUDY[m][1]:.4f}"] for m in models if m in STUDY]
     if study:
         blocks += [("p", "The study's published figures (one 100-epoch run each, best epoch selected on the test "
@@ -104,6 +116,21 @@ def _results_blocks(out_dir: Path, runs: dict[str, list[RunData]], min_effect: f
                                                   "final test accuracy (%)"), "Final test accuracy per seed"))
     blocks += _classwise_blocks(out_dir, runs)
     return blocks
+
+
+def _interval(e) -> str:
+    return f"[{e.ci_low:+.2f}, {e.ci_high:+.2f}]" if e.has_interval() else f"none ({e.note})"
+
+
+def _p(p: float | None) -> str:
+    return "—" if p is None else f"{p:.3g}"
+
+
+def _evidence_row(a: str, b: str, ev) -> list[str]:
+    return [f"{a} − {b}", f"{ev.diff:+.2f}", ", ".join(f"{d:+.2f}" for d in ev.per_seed),
+            _interval(ev.paired_t), _interval(ev.bootstrap), ", ".join(_p(m.p_value) for m in ev.mcnemar),
+            _p(ev.mcnemar_pooled.p_value), "—" if ev.effect_dz is None else f"{ev.effect_dz:+.2f}",
+            "—" if ev.mde_pp is None else f"{ev.mde_pp:.2f} pp"]
 
 
 def _final_arrays(rs: list[RunData]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -178,7 +205,7 @@ def _gradflow_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Bloc
                   "shrinks as the weights grow; the ratio ‖g‖/‖w‖ is the relative step each layer takes.")]
 
 
-def _environment_blocks(manifest, runs: dict[str, list[RunData]]) -> list[Block]:
+def _environment_blocks(manifest, runs: dict[str, list[RunData]], min_effect: float) -> list[Block]:
     env = manifest.environment
     cfg = next(iter(runs.values()))[0].cfg
     lrs = ", ".join(f"{m} {rs[0].cfg.lr:g}" for m, rs in runs.items())
@@ -195,7 +222,7 @@ def _environment_blocks(manifest, runs: dict[str, list[RunData]]) -> list[Block]
         f"test subset: {cfg.test_subset or 'all'}" + (f", {cfg.val_split:,} held out for validation"
                                                       if cfg.val_split else ""),
         selection_note(cfg),
-        f"smallest accuracy difference of interest: {manifest.min_effect_pp:g} pp"]),
+        f"smallest accuracy difference of interest: {min_effect:g} pp"]),
         ("h3", "Environment"), ("table", ["", ""], rows),
         ("table", ["Model", "Parameters", "GFLOPs / image (forward)", "s / epoch (mean)", "Seeds"], per_model)]
 
@@ -210,16 +237,18 @@ def build(out_dir: Path, min_effect_pp: float | None = None) -> list[Block]:
     warn = warnings(runs)
     if warn:
         blocks += [("warnings", warn)]
-    blocks += _results_blocks(out_dir, runs, min_effect)
+    blocks += _results_blocks(out_dir, runs)
     blocks += _curve_blocks(out_dir, runs)
     blocks += _gradflow_blocks(out_dir, runs)
-    blocks += _environment_blocks(manifest, runs)
+    blocks += _environment_blocks(manifest, runs, min_effect)
     blocks += [("h2", "Rules"), ("p", " ".join(verdict_rules.__doc__.split())),
                ("p", "Intervals: run-level metrics use a paired t interval over seeds (seeds pair runs: same data "
                      "order and augmentation); final accuracy uses a two-level bootstrap that resamples seeds and "
-                     "then test images, so it includes test-set sampling noise. McNemar's exact test asks whether "
-                     "two trained networks differ on this test set; it does not generalise over seeds. Where "
-                     "nothing varies (one seed, or ties at every seed) no interval or p-value is given.")]
+                     "then test images, so it includes test-set sampling noise; a verdict needs both it and the "
+                     "paired t (the larger p). McNemar's exact test asks whether two trained networks differ on "
+                     "this test set; it does not generalise over seeds. Where nothing varies (ties at every "
+                     "seed) no interval or p-value is given; with one seed the bootstrap interval covers "
+                     "test-image noise only, says so, and no verdict rests on it.")]
     return blocks
 
 

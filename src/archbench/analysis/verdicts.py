@@ -17,8 +17,9 @@ convergence test favours A and stability favours A (its test, or B diverged in m
 with nothing against; not shown otherwise.
 
 H2 (higher final test accuracy with fewer parameters), A vs B: accuracy is the final
-weights' (the last epoch's, or the best-on-validation epoch's with --val-split), the
-interval a two-level bootstrap over seeds and test images. Against the same-depth plain
+weights' (the last epoch's, or the best-on-validation epoch's with --val-split; a diverged
+run has none and is left out), the interval a two-level bootstrap over seeds and test
+images, the p-value the larger of the bootstrap's and the paired t's over seeds. Against the same-depth plain
 twin the parameter part is not applicable (the shortcuts' projections are all A adds), so
 H2 is *not applicable* and the accuracy difference is judged on its own. Otherwise:
 contradicted if A has at least as many parameters or the accuracy test goes against A;
@@ -119,17 +120,29 @@ def h1(a: list[RunData], b: list[RunData]) -> Verdict:
 def _accuracy_test(a: list[RunData], b: list[RunData], min_effect: float) -> tuple[Test, list[str]]:
     ev = accuracy_evidence(a, b)
     if ev is None:
-        e = stats.Estimate(float("nan"), 0, None, None, None, "two-level bootstrap", "no seed has final weights for both")
+        e = stats.Estimate(float("nan"), 0, None, None, None, "two-level bootstrap",
+                           "no seed has final weights for both models")
         return Test("final test accuracy", e, min_effect, "pp", False), []
-    e = ev.bootstrap
+    boot, t = ev.bootstrap, ev.paired_t
     notes = []
     if len(ev.seeds) < 2:
-        # Test-image noise alone would make one network pair look like an architecture effect.
-        e = stats.Estimate(e.diff, 1, e.ci_low, e.ci_high, None, e.method,
+        # Test-image noise alone would make one pair of networks look like an architecture effect.
+        e = stats.Estimate(boot.diff, 1, boot.ci_low, boot.ci_high, None, boot.method,
                            "one seed per model: the seed-to-seed spread is unknown")
-    elif ev.mde_pp is not None:
-        notes.append(f"with {len(ev.seeds)} seeds this design detects differences ≥ {ev.mde_pp:.2f} pp "
-                     f"(80% power, α = 0.05)")
+    else:
+        # A percentile bootstrap over 2-3 seeds is too liberal, the paired t ignores test-set
+        # noise: an effect must pass both (the larger p), which keeps the level of each.
+        p = None if boot.p_value is None or t.p_value is None else max(boot.p_value, t.p_value)
+        e = stats.Estimate(boot.diff, boot.n, boot.ci_low, boot.ci_high, p,
+                           f"{boot.method}; p the larger of it and the paired t's",
+                           t.note or boot.note, boot.p_floor if p == boot.p_value else None)
+        notes.append(f"paired t over seeds: " + (f"95% CI [{t.ci_low:+.2f}, {t.ci_high:+.2f}]"
+                                                 if t.has_interval() else f"no interval ({t.note})"))
+        if ev.mde_pp is not None:
+            notes.append(f"with {len(ev.seeds)} seeds a paired t at α = 0.05 (before the Holm correction) "
+                         f"detects differences ≥ {ev.mde_pp:.2f} pp with 80% power at this spread")
+    if ev.excluded:
+        notes.append("left out, diverged: " + ", ".join(ev.excluded))
     if ev.mcnemar_pooled.p_value is not None:
         notes.append(f"McNemar (pooled over seeds) p = {ev.mcnemar_pooled.p_value:.3g}")
     return Test("final test accuracy", e, min_effect, "pp", False), notes

@@ -31,6 +31,13 @@ def tracked_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
             if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
+def current_rows(rows: list[list[float]], model: nn.Module) -> list[list[float]]:
+    """The rows of a checkpoint that have this layout's width; rows written by an older
+    archbench (gradient norms only) cannot be completed and are dropped."""
+    width = 2 + len(columns(model))
+    return [r for r in rows if len(r) == width]
+
+
 def columns(model: nn.Module) -> list[str]:
     """gradflow.csv's columns after ``epoch`` and ``t``."""
     names = [n for n, _ in tracked_layers(model)]
@@ -67,13 +74,14 @@ class GradFlow:
 
 def sync(run_dir: Path, names: list[str], rows: list[list[float]]) -> None:
     """Make ``gradflow.csv`` hold exactly ``rows`` (those kept in the checkpoint); no-op if it does."""
+    path = Path(run_dir) / FILE_NAME
     if not rows:
+        path.unlink(missing_ok=True)  # e.g. rows of an older layout that the checkpoint no longer keeps
         return
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["epoch", "t", *names])
     w.writerows(rows)
-    path = Path(run_dir) / FILE_NAME
     try:
         if path.read_text() == buf.getvalue():
             return
@@ -107,6 +115,9 @@ def read(run_dir: Path) -> Flow | None:
     if head != [f"grad:{n}" for n in layers] + [f"weight:{n}" for n in layers]:
         raise ArchbenchError(f"{path}: unexpected columns (expected grad:<layer>... weight:<layer>...); "
                              f"delete it and resume the run to rewrite it from the checkpoint")
-    arr = np.array([[float(v) for v in r] for r in rows[1:]])
     k = len(layers)
+    if any(len(r) != 2 + 2 * k for r in rows[1:]):
+        raise ArchbenchError(f"{path}: rows do not match its {2 + 2 * k} columns; delete it and resume the run "
+                             f"to rewrite it from the checkpoint")
+    arr = np.array([[float(v) for v in r] for r in rows[1:]])
     return Flow(layers, arr[:, 1], arr[:, 2:2 + k], arr[:, 2 + k:])

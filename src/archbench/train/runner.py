@@ -132,7 +132,7 @@ class Run:
         adopt_optimizer_impl(opt, self.device)
         checkpoint.set_rng_state(ckpt["rng"])
         return RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], list(ckpt["history"]),
-                        list(ckpt.get("gradflow", [])))
+                        gradflow.current_rows(list(ckpt.get("gradflow", [])), model))
 
     # -- training ------------------------------------------------------------
 
