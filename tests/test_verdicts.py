@@ -7,8 +7,8 @@ import numpy as np
 
 from archbench.analysis.compare import Evaluation, Result
 from archbench.analysis.evidence import RunData, accuracy_evidence
-from archbench.analysis.verdicts import (CONTRADICTED, NOT_APPLICABLE, NOT_SHOWN, SUPPORTED, h1, h2, pairs,
-                                         verdicts)
+from archbench.analysis.verdicts import (CONTRADICTED, NOT_APPLICABLE, NOT_SHOWN, SUPPORTED, decide_all, h1, h2,
+                                         pairs, verdicts)
 from archbench.config import Config
 
 PARAMS = {"resnet18": 11_173_962, "plain18": 11_000_138, "vgg19_bn": 38_958_922, "resnet34": 21_282_122}
@@ -51,16 +51,7 @@ VGG = model_runs("vgg19_bn", [12, 13, 13], [3.0, 3.5, 3.2], [9290, 9270, 9300], 
 
 
 def decided(*vs):
-    """Apply the family's Holm correction the way ``verdicts`` does."""
-    from archbench.analysis import stats
-
-    family = [t for v in vs for t in v.tests]
-    for t, p in zip(family, stats.holm([t.estimate.p_value for t in family])):
-        t.p_holm = p
-    for v in vs:
-        if v.decide is not None:
-            v.decide()
-    return vs
+    return decide_all(list(vs))
 
 
 def test_clear_effects_are_supported_and_their_mirror_contradicted():

@@ -199,8 +199,8 @@ def _gradflow_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Bloc
         return []
     path = plots.plot_gradflow(flows, out_dir / "gradflow_shared.png")
     return [("h2", "Gradient flow"),
-            ("img", path, f"‖grad‖/‖weight‖ per layer over training (first seed of each model), one colour "
-                          f"scale for all"),
+            ("img", path, "‖grad‖/‖weight‖ per layer over training (first seed of each model), one colour "
+                          "scale for all"),
             ("p", "Batch norm makes a layer's output blind to the scale of its weights, so the raw gradient norm "
                   "shrinks as the weights grow; the ratio ‖g‖/‖w‖ is the relative step each layer takes.")]
 

@@ -136,7 +136,7 @@ def _accuracy_test(a: list[RunData], b: list[RunData], min_effect: float) -> tup
         e = stats.Estimate(boot.diff, boot.n, boot.ci_low, boot.ci_high, p,
                            f"{boot.method}; p the larger of it and the paired t's",
                            t.note or boot.note, boot.p_floor if p == boot.p_value else None)
-        notes.append(f"paired t over seeds: " + (f"95% CI [{t.ci_low:+.2f}, {t.ci_high:+.2f}]"
+        notes.append("paired t over seeds: " + (f"95% CI [{t.ci_low:+.2f}, {t.ci_high:+.2f}]"
                                                  if t.has_interval() else f"no interval ({t.note})"))
         if ev.mde_pp is not None:
             notes.append(f"with {len(ev.seeds)} seeds a paired t at α = 0.05 (before the Holm correction) "
@@ -194,10 +194,15 @@ def verdicts(runs: dict[str, list[RunData]], min_effect_pp: float = DEFAULT_MIN_
     for a, b, twin in pairs(list(runs)):
         out.append(h1(runs[a], runs[b]))
         out += h2(runs[a], runs[b], twin, min_effect_pp)
-    family = [t for v in out for t in v.tests]
-    for t, p in zip(family, stats.holm([t.estimate.p_value for t in family])):
+    return decide_all(out)
+
+
+def decide_all(family: list[Verdict]) -> list[Verdict]:
+    """Holm-adjust the p-values of every test in ``family`` together, then label each verdict."""
+    tests = [t for v in family for t in v.tests]
+    for t, p in zip(tests, stats.holm([t.estimate.p_value for t in tests])):
         t.p_holm = p
-    for v in out:
+    for v in family:
         if v.decide is not None:
             v.decide()
-    return out
+    return family
