@@ -223,7 +223,7 @@ def _environment_blocks(manifest, runs: dict[str, list[RunData]], min_effect: fl
                                                       if cfg.val_split else ""),
         selection_note(cfg),
         f"smallest accuracy difference of interest: {min_effect:g} pp"]),
-        ("h3", "Environment"), ("table", ["", ""], rows),
+        ("h3", "Environment"), ("table", ["What", "Value"], rows),
         ("table", ["Model", "Parameters", "GFLOPs / image (forward)", "s / epoch (mean)", "Seeds"], per_model)]
 
 

@@ -1,11 +1,12 @@
 """Verdicts on the study's hypotheses, by stated rules, for each resnet against its
-same-depth plain twin and against every other non-resnet model.
+same-depth plain twin and against every model that is neither a resnet nor a plain net
+of another depth.
 
 Labels: supported, contradicted, not shown, not applicable.
 
 Every comparison below is one test in a family; the family's p-values are Holm-corrected
-together. A test *favours* A when its Holm-adjusted p < 0.05 and its estimate is at least
-the smallest effect of interest in A's favour; it *goes against* A the same way in B's
+together. A test 'favours' A when its Holm-adjusted p < 0.05 and its estimate is at least
+the smallest effect of interest in A's favour; it 'goes against' A the same way in B's
 favour; otherwise it shows nothing, however small its p.
 
 H1 (the identity path makes training more stable and converge faster), A vs B, paired by
@@ -21,7 +22,7 @@ weights' (the last epoch's, or the best-on-validation epoch's with --val-split; 
 run has none and is left out), the interval a two-level bootstrap over seeds and test
 images, the p-value the larger of the bootstrap's and the paired t's over seeds. Against the same-depth plain
 twin the parameter part is not applicable (the shortcuts' projections are all A adds), so
-H2 is *not applicable* and the accuracy difference is judged on its own. Otherwise:
+H2 is 'not applicable' and the accuracy difference is judged on its own. Otherwise:
 contradicted if A has at least as many parameters or the accuracy test goes against A;
 supported if the accuracy test favours A; not shown otherwise. One seed per model shows
 nothing: the seed-to-seed spread is unknown.
@@ -134,8 +135,8 @@ def _accuracy_test(a: list[RunData], b: list[RunData], min_effect: float) -> tup
         # noise: an effect must pass both (the larger p), which keeps the level of each.
         p = None if boot.p_value is None or t.p_value is None else max(boot.p_value, t.p_value)
         e = stats.Estimate(boot.diff, boot.n, boot.ci_low, boot.ci_high, p,
-                           f"{boot.method}; p the larger of it and the paired t's",
-                           t.note or boot.note, boot.p_floor if p == boot.p_value else None)
+                           f"{boot.method}; p: the larger of its and the paired t's",
+                           boot.note, boot.p_floor if p == boot.p_value else None)
         notes.append("paired t over seeds: " + (f"95% CI [{t.ci_low:+.2f}, {t.ci_high:+.2f}]"
                                                  if t.has_interval() else f"no interval ({t.note})"))
         if ev.mde_pp is not None:
