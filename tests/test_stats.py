@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 
 from archbench.analysis.stats import (
-    Estimate, McNemar, cohens_dz, hedges_g, holm, mcnemar, mcnemar_combined,
-    min_detectable_effect, paired_t, summary, two_level_bootstrap, welch,
+    Estimate, McNemar, cohens_dz, holm, mcnemar, mcnemar_combined,
+    min_detectable_effect, paired_t, summary, two_level_bootstrap,
 )
 
 
@@ -40,38 +40,6 @@ def test_bootstrap_p_at_its_floor_prints_as_an_upper_bound():
     assert e.text().endswith("p < 0.001)")
     above = Estimate(3.0, 3, 2.0, 4.0, 0.004, "two-level bootstrap", p_floor=floor)
     assert above.text().endswith("p = 0.004)")
-
-
-# --- welch ---------------------------------------------------------------------------
-
-def test_welch_matches_scipy():
-    a, b = [94.9, 95.1, 95.3, 94.8], [92.7, 93.1, 92.5]
-    d = welch(a, b)
-    ref = stats.ttest_ind(a, b, equal_var=False)
-    ci = ref.confidence_interval(0.95)
-    assert d.p_value == pytest.approx(ref.pvalue, rel=1e-9)
-    assert (d.ci_low, d.ci_high) == pytest.approx((ci.low, ci.high), rel=1e-9)
-    assert d.diff == pytest.approx(np.mean(a) - np.mean(b)) and d.n == 3
-    assert d.text().startswith("+2.26 pp (95% CI [") and "Welch's t" in d.text()
-
-
-def test_welch_with_one_run_has_no_interval_and_says_why():
-    d = welch([95.0], [93.0, 92.0])
-    assert d.diff == pytest.approx(2.5) and not d.has_interval() and d.p_value is None
-    assert "no spread to estimate" in d.note and "no interval" in d.text()
-    both = welch([95.0], [93.0])
-    assert both.note == "one seed per model: no spread to estimate" and both.n == 1
-
-
-def test_welch_ties_give_no_interval_and_no_p():
-    d = welch([7, 7], [9, 9])
-    assert d.diff == -2 and d.ci_low is None and d.ci_high is None and d.p_value is None
-    assert "no spread" in d.note
-
-
-def test_welch_interval_through_zero_for_overlapping_groups():
-    d = welch([90.0, 92.0], [91.0, 91.5])
-    assert d.ci_low < 0 < d.ci_high and d.p_value > 0.5
 
 
 # --- paired_t ------------------------------------------------------------------------
@@ -225,13 +193,6 @@ def test_mcnemar_combined_pools_the_counts():
 def test_cohens_dz():
     assert cohens_dz([1.0, 2.0, 3.0]) == pytest.approx(2.0)
     assert cohens_dz([2.0, 2.0, 2.0]) is None and cohens_dz([1.5]) is None
-
-
-def test_hedges_g_by_hand():
-    # d = (2 − 4) / 1 = −2 with df = 4; J = Γ(2) / (√2 · Γ(1.5)).
-    j = math.gamma(2) / (math.sqrt(2) * math.gamma(1.5))
-    assert hedges_g([1, 2, 3], [3, 4, 5]) == pytest.approx(-2 * j, rel=1e-12)
-    assert hedges_g([1], [3, 4]) is None and hedges_g([7, 7], [9, 9]) is None
 
 
 def _power(delta, sd, n, alpha=0.05):

@@ -3,10 +3,9 @@
 Owns the numbers behind every comparison of model A with model B:
   - `summary`: mean ± sample std of one model's runs;
   - `Estimate`: a difference A − B with its 95% interval and two-sided p-value, from
-    `paired_t` (runs paired by seed), `welch` (groups that cannot be paired) or
-    `two_level_bootstrap` (per-image correctness: seeds and test images both resampled);
+    `paired_t` (runs paired by seed) or `two_level_bootstrap` (per-image correctness: seeds and test images both resampled);
   - `mcnemar` / `mcnemar_combined`: exact tests on the images exactly one model gets right;
-  - effect sizes (`cohens_dz`, `hedges_g`), `min_detectable_effect` for a paired design,
+  - the paired effect size `cohens_dz`, `min_detectable_effect` for a paired design,
     and `holm` for a family of p-values.
 Where the data give no basis for an interval or a p-value (one seed, or no spread at
 all) these are None and the estimate says why, rather than reporting p = 0 or a
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import optimize, stats
 
 CONFIDENCE = 0.95
 
@@ -57,7 +56,7 @@ class Estimate:
     """
 
     diff: float  # point estimate, in the unit of the inputs
-    n: int  # number of pairs (seeds) or, for Welch, the smaller group size
+    n: int  # number of pairs (seeds)
     ci_low: float | None
     ci_high: float | None
     p_value: float | None  # two-sided, against a difference of 0
@@ -110,22 +109,6 @@ def _flat(x: np.ndarray, scale: float) -> bool:
 
 def _scale(*arrays: np.ndarray) -> float:
     return max(float(np.abs(v).max()) for v in arrays)
-
-
-def welch(a: Sequence[float], b: Sequence[float]) -> Estimate:
-    """mean(a) − mean(b) by Welch's unpaired t, for groups that cannot be paired by seed."""
-    a, b = _values(a), _values(b)
-    diff, n, method = float(a.mean() - b.mean()), int(min(a.size, b.size)), "Welch's t"
-    if n < 2:
-        note = ("one seed per model" if max(a.size, b.size) == 1 else "one seed for a model")
-        return Estimate(diff, n, None, None, None, method, note + ": no spread to estimate")
-    scale = _scale(a, b)
-    if _flat(a, scale) and _flat(b, scale):
-        return Estimate(diff, n, None, None, None, method,
-                        "no spread: each model gives the same value at every seed")
-    res = stats.ttest_ind(a, b, equal_var=False)
-    ci = res.confidence_interval(CONFIDENCE)
-    return Estimate(diff, n, float(ci.low), float(ci.high), float(res.pvalue), method)
 
 
 def paired_t(a: Sequence[float], b: Sequence[float]) -> Estimate:
@@ -258,27 +241,6 @@ def cohens_dz(diffs: Sequence[float]) -> float | None:
     if d.size < 2 or _flat(d, _scale(d)):
         return None
     return float(d.mean() / d.std(ddof=1))
-
-
-def _hedges_correction(df: int) -> float:
-    """Hedges' exact small-sample factor J(df) = Γ(df/2) / (√(df/2) · Γ((df−1)/2))."""
-    return math.exp(special.gammaln(df / 2) - special.gammaln((df - 1) / 2)) / math.sqrt(df / 2)
-
-
-def hedges_g(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """(mean(a) − mean(b)) / pooled sd, times Hedges' exact small-sample correction.
-
-    None when a group has fewer than two values or neither group has any spread.
-    """
-    a, b = _values(a), _values(b)
-    if a.size < 2 or b.size < 2:
-        return None
-    scale = _scale(a, b)
-    if _flat(a, scale) and _flat(b, scale):
-        return None
-    df = a.size + b.size - 2
-    pooled = math.sqrt(((a.size - 1) * a.var(ddof=1) + (b.size - 1) * b.var(ddof=1)) / df)
-    return float((a.mean() - b.mean()) / pooled * _hedges_correction(df))
 
 
 def _paired_power(effect: float, n: int, alpha: float) -> float:
