@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from archbench.analysis.stats import summary
 from archbench.config import Config, read_json, resolve
 from archbench.data.pipelines import test_pipeline
 from archbench.data.sources import Cifar10
@@ -219,8 +220,6 @@ def by_model(items: list, key=lambda r: r.model) -> dict[str, list]:
 
 
 def _cell(values: list[float | None], fmt: str = ".2f") -> str:
-    from archbench.analysis.stats import summary
-
     present = [v for v in values if v is not None]
     if not present:
         return "—"

@@ -25,6 +25,7 @@ from archbench.analysis.metrics import METRIC_LABELS
 from archbench.analysis.stats import summary
 from archbench.data.sources import NUM_CLASSES
 from archbench.io_utils import atomic_write_text
+from archbench.train import gradflow
 
 # The study's published single-run results (SPEC.md): test accuracy (%) and test loss.
 STUDY = {"resnet18": (94.99, 0.1937), "vgg19_bn": (92.87, 0.3345)}
@@ -192,8 +193,6 @@ def _curve_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Block]:
 
 
 def _gradflow_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Block]:
-    from archbench.train import gradflow
-
     flows = {m: f for m, rs in runs.items() if (f := gradflow.read(rs[0].dir)) is not None}
     if not flows:
         return []
