@@ -8,24 +8,39 @@ Supported forms, all returning the same uint8 HWC arrays in the official order:
 
 The official batches are pickles; they are read with an unpickler that only admits the
 few numpy types the format uses, so loading a file never runs code from it.
+
+A damaged or wrongly made copy — a truncated or altered file, a file in another format, arrays
+of the wrong type, shape or range, missing arrays or keys, a folder or a broken link where a
+file belongs, a malformed ``SHA256SUMS`` — ends in one ``ArchbenchError`` naming the file and
+the fix, never in a traceback and never in silently wrong data. Each format's containers are
+checked in one place (``_read_npz_split``, ``_batch_arrays``), and the arrays of every form in
+another (``check_images``). Checksums are a first line of defence only: with
+``--no-verify-data`` the structural checks must still catch what a decoder cannot.
+
+Reading never writes into the data folder (archives are read in memory, never extracted).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import lzma
 import os
 import pickle
+import re
+import stat
 import tarfile
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from archbench.errors import ArchbenchError
+from archbench.io_utils import os_error, read_text
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
@@ -80,19 +95,24 @@ class Found:
 
 
 def detect(path: Path) -> Found | None:
-    """Which CIFAR-10 form, if any, lives at ``path`` (a folder or an archive)."""
+    """Which CIFAR-10 form, if any, lives at ``path`` (a folder or an archive).
+
+    A name counts when anything has it — a folder, a dangling or looping link — so that a
+    damaged file is reported by its reader rather than passed over as "CIFAR-10 not found".
+    """
     path = Path(path)
-    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+    there = os.path.lexists
+    if path.name.endswith((".tar.gz", ".tgz")) and there(path) and not path.is_dir():
         return Found("python-archive", path)
     if not path.is_dir():
         return None
-    if (path / "test.npz.xz").is_file() or (path / "train-0.npz.xz").is_file():
+    if there(path / "test.npz.xz") or there(path / "train-0.npz.xz"):
         return Found("npz-xz", path)
-    if (path / "data_batch_1").is_file() or (path / "test_batch").is_file():
+    if there(path / "data_batch_1") or there(path / "test_batch"):
         return Found("python-folder", path)
-    if (path / OFFICIAL_FOLDER).is_dir():
+    if there(path / OFFICIAL_FOLDER):
         return Found("python-folder", path / OFFICIAL_FOLDER)
-    if (path / OFFICIAL_ARCHIVE).is_file():
+    if there(path / OFFICIAL_ARCHIVE):
         return Found("python-archive", path / OFFICIAL_ARCHIVE)
     return None
 
@@ -165,26 +185,63 @@ def load_cifar10(data_dir: str | None = None, *, download_missing: bool = False,
 
 # ---------------------------------------------------------------- checks
 
-def check_images(x: np.ndarray, y: np.ndarray, where: str) -> None:
-    """Shapes, dtype and label range of one file's (or split's) images and labels."""
-    if x.ndim != 4 or x.shape[1:] != (32, 32, 3) or x.dtype != np.uint8:
-        raise ArchbenchError(
-            f"{where}: images have shape {x.shape} and dtype {x.dtype}, expected (N, 32, 32, 3) "
-            f"uint8; the file is not CIFAR-10 or is damaged — get a fresh copy")
-    if y.shape != (x.shape[0],):
-        raise ArchbenchError(f"{where}: {x.shape[0]} images but {y.shape[0] if y.ndim else 0} labels; "
-                             f"the file is damaged — get a fresh copy")
+_NOT_CIFAR = "the file is not CIFAR-10 or is damaged — get a fresh copy"
+
+
+def check_images(x: object, y: object, where: str, *, exact: object = None, empty_ok: bool = True) -> None:
+    """The structural check of one file's (or split's) arrays, whatever the format.
+
+    Images: (N, 32, 32, 3) uint8. Labels: N integers 0..9, in any integer dtype (they are
+    widened to int64; floats, bools and strings are refused even when their values look right,
+    as they mean the file was not made as CIFAR-10). ``exact``, when given: the N bools of the
+    'lossless' array. ``empty_ok=False`` refuses a file without images. ``where`` names the file.
+    """
+    if not (isinstance(x, np.ndarray) and x.ndim == 4 and x.shape[1:] == (32, 32, 3) and x.dtype == np.uint8):
+        raise ArchbenchError(f"{where}: images have {_describe(x)}, expected (N, 32, 32, 3) uint8; {_NOT_CIFAR}")
+    if not (isinstance(y, np.ndarray) and y.dtype.kind in "iu"):
+        raise ArchbenchError(f"{where}: labels have {_describe(y)}, expected integers 0..9; {_NOT_CIFAR}")
+    if y.shape != (len(x),):
+        labels = f"{len(y)} labels" if y.ndim == 1 else f"labels of shape {y.shape}"
+        raise ArchbenchError(f"{where}: {len(x)} images but {labels}; the file is damaged — get a fresh copy")
+    if not empty_ok and not len(x):
+        raise ArchbenchError(f"{where}: holds no images; {_NOT_CIFAR}")
     if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
-        raise ArchbenchError(f"{where}: labels range over {y.min()}..{y.max()}, CIFAR-10's are 0..9; "
-                             f"the file is not CIFAR-10 or is damaged — get a fresh copy")
+        raise ArchbenchError(f"{where}: labels range over {y.min()}..{y.max()}, CIFAR-10's are 0..9; {_NOT_CIFAR}")
+    if exact is not None and not (isinstance(exact, np.ndarray) and exact.dtype == np.bool_
+                                  and exact.shape == (len(x),)):
+        raise ArchbenchError(f"{where}: the 'lossless' array has {_describe(exact)}, expected ({len(x)},) bool "
+                             f"like the labels; {_NOT_CIFAR}")
 
 
 def check_arrays(d: Cifar10) -> None:
     """The assembled dataset, whatever its source, before any training touches it."""
     check_images(d.x_train, d.y_train, f"{d.source} (train)")
-    check_images(d.x_test, d.y_test, f"{d.source} (test)")
-    if d.test_exact is not None and d.test_exact.shape != d.y_test.shape:
-        raise ArchbenchError(f"{d.source}: the 'lossless' array does not match the test labels")
+    check_images(d.x_test, d.y_test, f"{d.source} (test)", exact=d.test_exact)
+
+
+def _describe(a: object) -> str:
+    if isinstance(a, np.ndarray):
+        return f"shape {a.shape} and dtype {a.dtype}"
+    return f"type {_type_name(a)} (not an array)"
+
+
+def _type_name(a: object) -> str:
+    t = type(a)
+    return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
+
+
+def _one_line(text: object, limit: int = 200) -> str:
+    """Text from a decoder or from inside a data file, fit for a one-line message: control
+    characters (a newline in an array's name, say) escaped, long text cut."""
+    s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return s if len(s) <= limit else s[:limit] + "…"
+
+
+def _names(keys: Iterable[object]) -> str:
+    """The keys of a damaged file, for its error message (the first few, escaped)."""
+    keys = list(keys)
+    shown = ", ".join(_one_line(repr(k), 40) for k in keys[:8])
+    return (shown + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")) or "nothing"
 
 
 def _digest(data: bytes, algo: str) -> str:
@@ -198,72 +255,161 @@ def _checksum_error(name: str, algo: str, got: str, want: str) -> ArchbenchError
         f"to use it anyway)")
 
 
+# ---------------------------------------------------------------- reading files
+
+def _require_file(path: Path, fix: str) -> None:
+    """Refuse anything but a regular file (after links) before it is opened: a folder cannot
+    be read, and reading a pipe or a device might never end."""
+    try:
+        mode = path.stat().st_mode  # a dangling link or a link loop fails here
+    except OSError as e:
+        raise os_error("read", path, e, fix) from e
+    if not stat.S_ISREG(mode):
+        kind = "a folder, not a file" if stat.S_ISDIR(mode) else "not a regular file (a pipe, socket or device)"
+        raise ArchbenchError(f"{path}: is {kind}; {fix}")
+
+
+def _read_file(path: Path, fix: str) -> bytes:
+    _require_file(path, fix)
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise os_error("read", path, e, fix) from e
+
+
+@contextmanager
+def _decoding(where: str | Path, what: str, fix: str) -> Iterator[None]:
+    """Turn a decoder's failure on a damaged file into one line naming the file.
+
+    lzma, zipfile, numpy, pickle, gzip and tarfile report damage through many exception types
+    (LZMAError, BadZipFile, zlib.error, ValueError, EOFError, KeyError, UnpicklingError, ...),
+    so any Exception counts. KeyboardInterrupt and SystemExit are not Exceptions: they pass.
+    """
+    try:
+        yield
+    except ArchbenchError:
+        raise
+    except MemoryError:  # genuinely too little memory, or a damaged size field: either way, say so
+        raise ArchbenchError(f"{where}: not enough memory to read it; free memory and try again "
+                             f"(if the file is damaged: {fix})") from None
+    except Exception as e:
+        raise ArchbenchError(f"{where}: not a readable {what} ({type(e).__name__}: {_one_line(e)}); {fix}") from e
+
+
 # ---------------------------------------------------------------- compressed numpy folder
 
-def _read_sha256sums(folder: Path) -> dict[str, str]:
-    sums = folder / "SHA256SUMS"
-    if not sums.is_file():
-        return {}
-    out = {}
-    for line in sums.read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            out[parts[1].lstrip("*")] = parts[0].lower()
-    return out
+SUMS_FILE = "SHA256SUMS"
+_TRAIN_FILE = re.compile(r"train-(0|[1-9][0-9]*)\.npz\.xz")  # train-0.npz.xz, train-1.npz.xz, ...
+_SUMS_LINE = re.compile(r"([0-9A-Fa-f]{64}) [ *](?:\./)?(.+)")  # sha256sum's output (text or binary mode)
+_COPY_FOLDER = "copy the complete dataset folder again"
+_COPY_FILE = "the file is truncated or damaged — copy it again"
+_NOT_NPZ = "the file is not in archbench's CIFAR-10 numpy format — copy it again"
 
 
-def _load_npz_xz(path: Path, expected_sha256: str | None) -> dict[str, np.ndarray]:
+def _read_sha256sums(folder: Path) -> dict[str, str] | None:
+    """``SHA256SUMS`` as {file name: digest}, or None when the folder has none.
+
+    A list that cannot be read in full is an error rather than a list of fewer files: a
+    damaged checksum list must not quietly check nothing. A byte-order mark, CRLF line ends,
+    blank lines, ``*`` (binary mode) and ``./`` before names are accepted.
+    """
+    path = folder / SUMS_FILE
+    if not os.path.lexists(path):
+        return None
+    fix = ("make it again (sha256sum *.npz.xz > SHA256SUMS), copy the dataset folder again, or pass "
+           "--no-verify-data to skip the checksums")
+    _require_file(path, fix)
+    sums: dict[str, str] = {}
+    for number, line in enumerate(read_text(path, "the checksum list", fix).removeprefix("\ufeff").splitlines(), 1):
+        if not line.strip():
+            continue
+        match = _SUMS_LINE.fullmatch(line.rstrip())
+        if not match:
+            raise ArchbenchError(f"{path}: line {number} ({_one_line(repr(line), 60)}) is not "
+                                 f"'<64 hex digits>  <file name>'; {fix}")
+        digest, name = match[1].lower(), match[2]
+        if sums.setdefault(name, digest) != digest:
+            raise ArchbenchError(f"{path}: lists {_one_line(name)} twice, with different checksums; {fix}")
+    return sums
+
+
+def _train_files(folder: Path, sums: dict[str, str] | None) -> list[Path]:
+    """``train-<k>.npz.xz`` in order of k. Other names are not part of the format and are
+    ignored (``train-0.npz.xz.bak``, ``._train-0.npz.xz``, ``README.md``, ...); a gap in the
+    numbers, or a file ``SHA256SUMS`` lists but the folder lacks, is a missing file."""
     try:
-        raw = path.read_bytes()
+        names = os.listdir(folder)
     except OSError as e:
-        raise ArchbenchError(f"{path}: cannot read ({e.strerror}); check the file and its permissions") from e
-    if expected_sha256 and _digest(raw, "sha256") != expected_sha256:
-        raise _checksum_error(str(path), "SHA-256", _digest(raw, "sha256"), expected_sha256)
-    try:
-        with np.load(io.BytesIO(lzma.decompress(raw)), allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (lzma.LZMAError, EOFError, ValueError, OSError) as e:
-        raise ArchbenchError(
-            f"{path}: not a readable .npz.xz file ({e}); the file is truncated or damaged — "
-            f"copy it again") from e
+        raise os_error("list the folder", folder, e, _COPY_FOLDER) from e
+    numbered = {int(m[1]): name for name in names if (m := _TRAIN_FILE.fullmatch(name))}
+    gaps = [k for k in range(max(numbered, default=-1) + 1) if k not in numbered]
+    if gaps:
+        raise ArchbenchError(f"{folder}: missing train-{gaps[0]}.npz.xz; {_COPY_FOLDER}")
+    listed = sorted(int(m[1]) for name in (sums or {}) if (m := _TRAIN_FILE.fullmatch(name)))
+    absent = [k for k in listed if k not in numbered]
+    if absent:
+        raise ArchbenchError(f"{folder}: missing train-{absent[0]}.npz.xz (listed in {SUMS_FILE}); {_COPY_FOLDER}")
+    return [folder / numbered[k] for k in sorted(numbered)]
 
 
-def _key(arrays: dict[str, np.ndarray], key: str, path: Path) -> np.ndarray:
-    if key not in arrays:
-        raise ArchbenchError(f"{path}: missing array {key!r} (has {', '.join(arrays)}); "
-                             f"the file is not in archbench's CIFAR-10 numpy format")
-    return arrays[key]
+def _read_npz_split(path: Path, split: str, sha256: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One ``.npz.xz`` file's images, labels (int64) and, for the test split, 'lossless'.
+
+    Only those arrays are decoded: others (``orig_index``, anything added by hand) are ignored,
+    even if they could not be read.
+    """
+    raw = _read_file(path, _COPY_FOLDER)
+    if sha256 is not None and _digest(raw, "sha256") != sha256:
+        raise _checksum_error(str(path), "SHA-256", _digest(raw, "sha256"), sha256)
+    x_key, y_key = f"x_{split}", f"y_{split}"
+    with _decoding(path, ".npz.xz file", _COPY_FILE):
+        npz = np.load(io.BytesIO(lzma.decompress(raw)), allow_pickle=False)
+    if not isinstance(npz, np.lib.npyio.NpzFile):  # np.load also reads a bare .npy
+        raise ArchbenchError(f"{path}: holds a single array, not the named arrays {x_key} and {y_key}; {_NOT_NPZ}")
+    with npz:
+        missing = [k for k in (x_key, y_key) if k not in npz.files]
+        if missing:
+            raise ArchbenchError(f"{path}: missing array {missing[0]!r} (has {_names(npz.files)}); {_NOT_NPZ}")
+        arrays = {}
+        for key in (x_key, y_key, *(["lossless"] if split == "test" and "lossless" in npz.files else [])):
+            with _decoding(path, f"array {key!r}", _COPY_FILE):  # arrays are decoded one by one, on access
+                arrays[key] = npz[key]
+    x, y, exact = arrays[x_key], arrays[y_key], arrays.get("lossless")
+    check_images(x, y, str(path), exact=exact, empty_ok=False)
+    return x, y.astype(np.int64), exact
 
 
 def read_npz_xz(folder: Path, *, verify: bool = True, with_train: bool = True) -> Cifar10:
     folder = Path(folder)
-    sums = _read_sha256sums(folder) if verify else {}
-    train_files = sorted(folder.glob("train-*.npz.xz"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
+    sums = _read_sha256sums(folder) if verify else None
+    train_files = _train_files(folder, sums) if with_train else []
     test_file = folder / "test.npz.xz"
-    missing = [] if test_file.is_file() else ["test.npz.xz"]
+    missing = [] if os.path.lexists(test_file) else ["test.npz.xz"]
     if with_train and not train_files:
         missing.append("train-*.npz.xz")
     if missing:
         raise ArchbenchError(f"{folder}: missing {', '.join(missing)}; copy the complete dataset folder")
-    files = (train_files if with_train else []) + [test_file]
+    files = train_files + [test_file]
+    unlisted = [p.name for p in files if sums is not None and p.name not in sums]
+    if unlisted:
+        raise ArchbenchError(f"{folder / SUMS_FILE}: has no line for {unlisted[0]}; copy the complete dataset "
+                             f"folder again, or pass --no-verify-data to skip the checksums")
+
+    def read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        return _read_npz_split(path, "test" if path == test_file else "train",
+                               None if sums is None else sums[path.name])
+
     # xz decompression releases the GIL: reading the files in parallel is several times faster.
     with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 1)) as pool:
-        parts = list(pool.map(lambda p: _load_npz_xz(p, sums.get(p.name)), files))
-    test = parts[-1]
-    for arrays, path in zip(parts, files):
-        split = "test" if path == test_file else "train"
-        check_images(_key(arrays, f"x_{split}", path), _key(arrays, f"y_{split}", path), str(path))
+        parts = list(pool.map(read, files))
+    x_test, y_test, exact = parts.pop()
     if with_train:
-        x_train = np.concatenate([p["x_train"] for p in parts[:-1]])
-        y_train = np.concatenate([p["y_train"] for p in parts[:-1]])
+        x_train, y_train = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     else:
         x_train, y_train = np.zeros((0, 32, 32, 3), np.uint8), np.zeros((0,), np.int64)
-    exact = test.get("lossless")
-    checked = ("SHA-256 matched SHA256SUMS" if sums else "no SHA256SUMS to check against") if verify \
-        else "not checked (--no-verify-data)"
-    return Cifar10(x_train, y_train.astype(np.int64), _key(test, "x_test", test_file),
-                   _key(test, "y_test", test_file).astype(np.int64),
-                   None if exact is None else exact.astype(bool), f"numpy-xz folder {folder}", checked)
+    checked = (f"SHA-256 matched {SUMS_FILE}" if sums is not None else f"no {SUMS_FILE} to check against") \
+        if verify else "not checked (--no-verify-data)"
+    return Cifar10(x_train, y_train, x_test, y_test, exact, f"numpy-xz folder {folder}", checked)
 
 
 # ---------------------------------------------------------------- official python version
@@ -285,21 +431,51 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+_NOT_BATCH = "not a CIFAR-10 batch — download it again"
+_BATCH_KEYS = ("data", "labels")
+
+
 def _parse_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
+    with _decoding(name, "CIFAR-10 batch", "the file is truncated or damaged — download it again"):
         entry = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
-        data = np.asarray(entry["data"], dtype=np.uint8)
-        labels = np.asarray(entry["labels"], dtype=np.int64)
-    except Exception as e:  # a damaged pickle fails in many ways; all mean "bad file"
-        raise ArchbenchError(f"{name}: not a readable CIFAR-10 batch ({type(e).__name__}: {e}); "
-                             f"the file is truncated or damaged — download it again") from e
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise ArchbenchError(f"{name}: image array has shape {data.shape}, expected (N, 3072); "
-                             f"not a CIFAR-10 batch")
+    return _batch_arrays(entry, name)
+
+
+def _batch_arrays(entry: object, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images (HWC) and int64 labels of one unpickled batch, checked.
+
+    A batch is a dict with 'data', (N, 3072) uint8 rows, each CHW-planar, and 'labels', N ints.
+    Its keys may be str or bytes: Python 3 reads the official Python 2 pickles' keys as str
+    with encoding='latin1' (as here), as bytes with encoding='bytes', and copies re-saved after
+    such a load keep bytes keys. Other keys (batch_label, filenames) are ignored.
+    """
+    if not isinstance(entry, dict):
+        raise ArchbenchError(f"{name}: holds a {_type_name(entry)}, expected a dict with 'data' and 'labels'; "
+                             f"{_NOT_BATCH}")
+    fields = {}
+    for key, value in entry.items():
+        text = key.decode("latin1") if isinstance(key, bytes) else key
+        if text in _BATCH_KEYS:
+            if text in fields:
+                raise ArchbenchError(f"{name}: has both {text!r} and {text.encode()!r} (str and bytes "
+                                     f"keys), so which to use is unclear; {_NOT_BATCH}")
+            fields[text] = value
+    missing = [k for k in _BATCH_KEYS if k not in fields]
+    if missing:
+        raise ArchbenchError(f"{name}: no {missing[0]!r} entry (has {_names(entry)}); {_NOT_BATCH}")
+    data, labels = fields["data"], fields["labels"]
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
+            and data.shape[1] == 3 * 32 * 32):
+        raise ArchbenchError(f"{name}: image array has {_describe(data)}, expected (N, 3072) uint8; {_NOT_BATCH}")
+    if isinstance(labels, (list, tuple)):  # what the official batches hold
+        try:
+            labels = np.array(labels)  # no dtype: floats or strings must stay visible to the check
+        except (ValueError, TypeError, OverflowError, RecursionError) as e:
+            raise ArchbenchError(f"{name}: labels are not a list of integers ({_one_line(e)}); {_NOT_BATCH}") from e
     # The official layout is CHW-planar per row; archbench keeps HWC like the numpy format.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
-    check_images(images, labels, name)
-    return images, labels
+    check_images(images, labels, name, empty_ok=False)
+    return images, labels.astype(np.int64)
 
 
 def _assemble(read: Callable[[str], bytes], where: str, verify: bool, with_train: bool) -> Cifar10:
@@ -325,33 +501,36 @@ def read_python_folder(folder: Path, *, verify: bool = True, with_train: bool = 
 
     def read(name: str) -> bytes:
         path = folder / name
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise ArchbenchError(f"{folder}: missing {name}; the cifar-10-batches-py folder is "
                                  f"incomplete — unpack the official archive again")
-        return path.read_bytes()
+        return _read_file(path, "unpack the official archive again")
 
     return _assemble(read, f"python folder {folder}", verify, with_train)
 
 
 def read_python_archive(archive: Path, *, verify: bool = True, with_train: bool = True) -> Cifar10:
     archive = Path(archive)
-    raw = archive.read_bytes()
+    raw = _read_file(archive, "download the official archive again")
     if verify and _digest(raw, "md5") != OFFICIAL_ARCHIVE_MD5:
         raise _checksum_error(str(archive), "MD5", _digest(raw, "md5"), OFFICIAL_ARCHIVE_MD5)
-    try:
-        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+    damaged = "the archive is truncated or damaged — download it again"
+    needed = (TRAIN_BATCHES if with_train else ()) + ("test_batch",)
+    with _decoding(archive, ".tar.gz", damaged):
+        # Decompressed in full first, so that gzip's CRC covers every byte even without
+        # checksums: tarfile reads only as far as it needs, and would miss a damaged end.
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as gz:
+            raw = gz.read()  # the tar itself; the compressed bytes are no longer needed
+        # Members are read in memory, straight from the archive: nothing is extracted to disk.
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
             members = {Path(m.name).name: m for m in tar.getmembers()
                        if m.isfile() and Path(m.name).parent.name == OFFICIAL_FOLDER}
+            batches = {name: tar.extractfile(members[name]).read() for name in needed if name in members}
 
-            def read(name: str) -> bytes:
-                if name not in members:
-                    raise ArchbenchError(f"{archive}: no {OFFICIAL_FOLDER}/{name} inside; not the "
-                                         f"official CIFAR-10 python archive — download it again")
-                return tar.extractfile(members[name]).read()
+    def read(name: str) -> bytes:
+        if name not in batches:
+            raise ArchbenchError(f"{archive}: no {OFFICIAL_FOLDER}/{name} inside; not the "
+                                 f"official CIFAR-10 python archive — download it again")
+        return batches[name]
 
-            # Members are read straight from the archive: nothing is extracted to disk.
-            return _assemble(read, f"python archive {archive}", verify, with_train)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ArchbenchError(f"{archive}: not a readable .tar.gz ({e}); the archive is truncated "
-                             f"or damaged — download it again") from e
-
+    return _assemble(read, f"python archive {archive}", verify, with_train)
