@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from archbench import io_utils
 from archbench.errors import ArchbenchError
+from archbench.schema import INT_LIMIT, show
 
 PIPELINES = ("fast", "reference")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -69,6 +72,7 @@ PROTOCOL_FIELDS = (
 )
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
+LIST_SETTINGS = tuple(f.name for f in dataclasses.fields(Config) if isinstance(f.default, tuple))
 
 
 def _require(ok: bool, name: str, allowed: str, value: Any) -> None:
@@ -84,7 +88,7 @@ def validate(cfg: Config) -> Config:
     _require(_is_int(cfg.epochs) and cfg.epochs >= 1, "epochs", "an integer >= 1", cfg.epochs)
     _require(_is_int(cfg.batch_size) and cfg.batch_size >= 1, "batch_size",
              "an integer >= 1", cfg.batch_size)
-    _require(cfg.lr is None or (_is_num(cfg.lr) and cfg.lr > 0), "lr", "a number > 0", cfg.lr)
+    _require(cfg.lr is None or (_is_num(cfg.lr) and cfg.lr > 0), "lr", "a finite number > 0", cfg.lr)
     _require(_is_num(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum",
              "a number in [0, 1)", cfg.momentum)
     _require(_is_num(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay",
@@ -94,7 +98,7 @@ def validate(cfg: Config) -> Config:
              and all(a < b for a, b in zip(ms, ms[1:])), "milestones",
              "strictly increasing integers >= 1 (epochs)", list(ms))
     _require(_is_num(cfg.gamma) and 0 < cfg.gamma <= 1, "gamma", "a number in (0, 1]", cfg.gamma)
-    _require(_is_int(cfg.seed) and cfg.seed >= 0, "seed", "an integer >= 0", cfg.seed)
+    _require(_is_int(cfg.seed) and cfg.seed >= 0, "seed", "an integer in [0, 2**63)", cfg.seed)
     _require(cfg.pipeline in PIPELINES, "pipeline", ", ".join(PIPELINES), cfg.pipeline)
     _require(_is_int(cfg.workers) and cfg.workers >= 0, "workers", "an integer >= 0", cfg.workers)
     _require(_is_int(cfg.grad_norms_per_epoch) and cfg.grad_norms_per_epoch >= 0, "grad_norms_per_epoch",
@@ -115,11 +119,13 @@ def validate(cfg: Config) -> Config:
 
 
 def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    """An integer that torch and numpy hold (int64), not a bool."""
+    return isinstance(v, int) and not isinstance(v, bool) and -2 ** 63 <= v < 2 ** 63
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    """A finite number (an inf learning rate or weight decay is never meant), not a bool."""
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -146,12 +152,55 @@ def from_mapping(values: Mapping[str, Any], base: Config | None = None, source: 
     return validate(dataclasses.replace(base, **changes))
 
 
+def _plain(value: Any) -> bool:
+    """A value ``validate`` can judge: text, true/false, null, or a number a float holds
+    (not NaN, not infinite, not 10**400) that is no larger than int64 if it is an integer."""
+    if value is None or isinstance(value, (str, bool)):
+        return True
+    if isinstance(value, int):
+        return -INT_LIMIT < value < INT_LIMIT
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def file_settings(values: Any, where: str, fix: str | None = None) -> Config:
+    """Settings read from a file (``where`` names it) as a validated Config.
+
+    Files can hold what flags cannot: tables, nested lists, dates, keys that are not text.
+    Those are refused here, so ``from_mapping`` only ever compares plain values; its errors
+    are then given the file's name and ``fix``.
+    """
+    end = f"; {fix}" if fix else ""
+    if not isinstance(values, dict):
+        raise ArchbenchError(f"{where} must hold a mapping of settings, not {show(values)}{end}")
+    for key, value in values.items():
+        if not isinstance(key, str):
+            raise ArchbenchError(f"{where}: setting name {show(key)} is not text{end}")
+        is_list = key.replace("-", "_") in LIST_SETTINGS
+        listed = is_list and isinstance(value, list)
+        bad = [v for v in (value if listed else [value]) if not _plain(v)]
+        if bad:
+            number = isinstance(bad[0], (int, float)) and not isinstance(bad[0], bool)
+            what = ("a finite number within ±2**63" if number else "a list of numbers" if is_list else
+                    "a single value (text, a number, true or false)")
+            raise ArchbenchError(f"{where}: setting {key!r} {'holds' if listed else 'is'} {show(bad[0])}, "
+                                 f"expected {what}{end}")
+    try:
+        return from_mapping(values, source=where)
+    except ArchbenchError as e:
+        problem = str(e).removeprefix(f"{where}: ").removeprefix("config: ")
+        raise ArchbenchError(f"{where}: {problem}{end}") from e
+
+
 def load_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or YAML config file into a plain dict."""
+    """Read a TOML or YAML config file into a plain dict of settings, each checked
+    (``file_settings``) so that an error names the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():  # a folder in the way is read_text's error
         raise ArchbenchError(f"config file {path} not found; pass an existing .toml or .yaml file")
-    text = path.read_text()
+    if path.suffix not in (".toml", ".yaml", ".yml"):
+        raise ArchbenchError(f"config file {path}: unknown format; use .toml, .yaml or .yml")
+    # Editors on Windows start UTF-8 files with a byte-order mark; it is not part of the settings.
+    text = io_utils.read_text(path, "the config file", "pass a UTF-8 .toml or .yaml file").removeprefix("\ufeff")
     try:
         if path.suffix == ".toml":
             try:
@@ -159,17 +208,14 @@ def load_file(path: str | Path) -> dict[str, Any]:
             except ModuleNotFoundError:  # Python < 3.11
                 import tomli as tomllib
             data = tomllib.loads(text)
-        elif path.suffix in (".yaml", ".yml"):
-            import yaml
-            data = yaml.safe_load(text) or {}
         else:
-            raise ArchbenchError(f"config file {path}: unknown format; use .toml, .yaml or .yml")
-    except ArchbenchError:
-        raise
+            import yaml
+            data = yaml.safe_load(text)
     except Exception as e:  # parser errors carry line numbers; keep them in one line
-        raise ArchbenchError(f"config file {path} could not be parsed: {e}".replace("\n", " ")) from e
-    if not isinstance(data, dict):
-        raise ArchbenchError(f"config file {path} must hold a mapping of settings")
+        raise ArchbenchError(f"config file {path} could not be parsed: {' '.join(str(e).split())}") from e
+    if data is None or data == {}:  # an empty (or truncated) file must not mean "the defaults"
+        raise ArchbenchError(f"config file {path} holds no settings; add some, or leave out --config")
+    file_settings(data, f"config file {path}")
     return data
 
 
@@ -208,9 +254,30 @@ def write_json(cfg: Config, path: Path) -> None:
     atomic_write_text(path, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
 
+RUN_CONFIG_FIX = "restore it from a copy, or train the run again"
+
+
+def run_config(values: Any, where: str, fix: str = RUN_CONFIG_FIX) -> Config:
+    """The config a run recorded (its config.json, or its divergence record's copy).
+
+    It must state every protocol field, since those decide the run's numbers; a missing
+    "where and how" setting takes its default. It must be resolved (``resolve``): a learning
+    rate and a precision, not "auto".
+    """
+    if isinstance(values, dict):
+        missing = [k for k in PROTOCOL_FIELDS if k not in values]
+        if missing:
+            raise ArchbenchError(f"{where}: setting {missing[0]!r} is missing; {fix}")
+    cfg = file_settings(values, where, fix)
+    if cfg.lr is None:
+        raise ArchbenchError(f"{where}: setting 'lr' is null, expected the learning rate the run used; {fix}")
+    if cfg.precision == "auto":
+        raise ArchbenchError(f"{where}: setting 'precision' is 'auto', expected the one the run used "
+                             f"(fp32 or bf16); {fix}")
+    return cfg
+
+
 def read_json(path: Path) -> Config:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:
-        raise ArchbenchError(f"{path}: cannot read the run's config ({e}); is this a run folder?") from e
-    return from_mapping(data, source=str(path))
+    """A run folder's config.json (``run_config``)."""
+    path = Path(path)
+    return run_config(io_utils.read_json(path, "the run's config", RUN_CONFIG_FIX), str(path))

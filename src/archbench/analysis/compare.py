@@ -5,7 +5,8 @@ evaluated on the same test images; the run folder then holds ``final.json`` (the
 and ``predictions.npz`` (per test image: index, label, and for both weights the
 predicted class, loss and float16 logits). The compare folder holds ``comparison.json``,
 the manifest of exactly which runs were compared (paths relative to it, so the folder can
-be moved), and the study's table as ``comparison.md``/``.csv``.
+be moved), and the study's table as ``comparison.md``/``.csv``. The readers check every
+field of what they read (``archbench.schema``) and say which file to rewrite, and how.
 
 Which weights judge a model: the last epoch's, unless a held-out split (``--val-split``)
 selected the best epoch. Best-on-test weights stay in the table, labelled optimistic.
@@ -17,8 +18,11 @@ import csv
 import io
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,10 +30,12 @@ import torch
 from archbench.analysis.stats import summary
 from archbench.config import Config, read_json, resolve
 from archbench.data.pipelines import test_pipeline
-from archbench.data.sources import Cifar10
+from archbench.data.sources import NUM_CLASSES, Cifar10
 from archbench.errors import ArchbenchError
-from archbench.io_utils import atomic_write_bytes, atomic_write_text
+from archbench.io_utils import atomic_write_bytes, atomic_write_text, os_error
+from archbench.io_utils import read_json as read_json_file
 from archbench.models import count_parameters, forward_flops_per_image
+from archbench.schema import PERCENT, TEXT, Fields, Kind, integer, number, one_of, or_null
 from archbench.train import checkpoint, divergence
 from archbench.train.engine import evaluate
 from archbench.train.runner import CONFIG_NAME, exact_mask
@@ -40,6 +46,7 @@ PREDICTIONS_NAME = "predictions.npz"
 MANIFEST_NAME = "comparison.json"
 MANIFEST_FORMAT = 1
 WEIGHTS = {"best": checkpoint.BEST, "last": checkpoint.LAST}
+RUN_FILES_FIX = "run archbench compare again to rewrite it"  # it re-evaluates every run it lists
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,10 @@ class Evaluation:
     loss: float
     acc: float
     acc_exact: float | None
+
+
+# What final.json's evaluations hold; acc_exact is null when every test image is pixel-exact.
+EVALUATION = {"epoch": integer(1), "loss": number(0), "acc": PERCENT, "acc_exact": or_null(PERCENT)}
 
 
 @dataclass(frozen=True)
@@ -78,11 +89,38 @@ class Result:
         return self.best if self.selected_on == "validation" else self.last
 
     @classmethod
-    def from_dict(cls, d: dict) -> Result:
-        d = dict(d)
-        for k in WEIGHTS:
-            d[k] = None if d.get(k) is None else Evaluation(**d[k])
-        return cls(**d)
+    def from_dict(cls, d: Any, where: str = FINAL_NAME, fix: str = RUN_FILES_FIX) -> Result:
+        """A Result from final.json's parsed contents, every field checked; ``where`` names the file."""
+        f = Fields(d, where, fix)
+        evals = {}
+        for name in WEIGHTS:
+            e = f.sub(name, nullable=True)
+            evals[name] = None if e is None else Evaluation(**{k: e.get(k, kind) for k, kind in EVALUATION.items()})
+        dv = f.sub("diverged", nullable=True)
+        diverged = None if dv is None else {"epoch": dv.get("epoch", integer(1)),
+                                            "step": dv.get("step", or_null(integer(1)))}
+        images = f.get("images", integer(1))
+        r = cls(f.get("model", TEXT), f.get("seed", integer(0)), f.get("params", integer(1)),
+                f.get("flops_per_image", number(0)), f.get("planned_epochs", integer(1)),
+                f.get("selected_on", one_of("test", "validation")), f.get("best_val", or_null(PERCENT)),
+                evals["best"], evals["last"], images, f.get("images_exact", or_null(integer(0, images))), diverged)
+        r._check_epochs(f)
+        return r
+
+    def _check_epochs(self, f: Fields) -> None:
+        """The weights it describes are the ones the run kept: the best epoch's and the last
+        finished one's (the planned last, or the one before the run diverged; none if that was
+        its first)."""
+        f.require((self.best is None) == (self.last is None) == (self.best_val is None),
+                  "fields 'best', 'last' and 'best_val' must all be set, or all null (no weights kept)")
+        kept = self.planned_epochs if self.diverged is None else self.diverged["epoch"] - 1
+        f.require(0 <= kept <= self.planned_epochs, f"field 'diverged.epoch' is {kept + 1}, after the planned "
+                                                    f"{self.planned_epochs} epochs")
+        last = 0 if self.last is None else self.last.epoch
+        run = "a finished run" if self.diverged is None else f"a run that diverged in epoch {kept + 1}"
+        f.require(last == kept, f"field 'last' describes epoch {last or 'none'}, but {run} keeps epoch {kept or 'none'}")
+        f.require(self.best is None or self.best.epoch <= last,
+                  f"field 'best.epoch' is {self.best and self.best.epoch}, after the last epoch {last}")
 
 
 def _evaluate_weights(model, state, path: Path, cfg: Config, data: Cifar10, device: torch.device,
@@ -134,12 +172,9 @@ def write_final(run_dir: Path, result: Result) -> None:
 
 def read_final(run_dir: Path) -> Result:
     path = Path(run_dir) / FINAL_NAME
-    try:
-        return Result.from_dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        raise ArchbenchError(f"{run_dir}: no {FINAL_NAME}; run archbench compare to evaluate it") from None
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise ArchbenchError(f"{path} is damaged ({e}); run archbench compare again to rewrite it") from e
+    if not os.path.lexists(path):
+        raise ArchbenchError(f"{run_dir}: no {FINAL_NAME}; run archbench compare to evaluate it")
+    return Result.from_dict(read_json_file(path, "the run's final evaluation", RUN_FILES_FIX), str(path))
 
 
 def write_predictions(run_dir: Path, arrays: dict[str, np.ndarray] | None) -> None:
@@ -152,16 +187,52 @@ def write_predictions(run_dir: Path, arrays: dict[str, np.ndarray] | None) -> No
     atomic_write_bytes(Path(run_dir) / PREDICTIONS_NAME, buf.getvalue())
 
 
+# predictions.npz's arrays: dtype kinds (integer, float, bool) and the shape of one test image's row.
+PREDICTIONS = {"index": ("iu", ()), "label": ("iu", ()),
+               **{f"{w}_{k}": kind for w in WEIGHTS
+                  for k, kind in (("pred", ("iu", ())), ("loss", ("f", ())), ("logits", ("f", (NUM_CLASSES,))))}}
+OPTIONAL_PREDICTIONS = {"exact": ("b", ())}  # only when some test images are not pixel-exact copies
+# How numpy and zipfile report a damaged archive (an OSError is the file system's, reported as such).
+_DAMAGED_ARCHIVE = (ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
+
+
 def read_predictions(run_dir: Path) -> dict[str, np.ndarray] | None:
-    """A run's predictions.npz as plain arrays, or None when the run has none (it diverged at once)."""
+    """A run's checked predictions.npz as plain arrays (those named in ``PREDICTIONS``, one row per
+    test image, classes in range), or None when the run has none (it diverged at once)."""
     path = Path(run_dir) / PREDICTIONS_NAME
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise ArchbenchError(f"{path} is damaged ({e}); run archbench compare again to rewrite it") from e
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ArchbenchError(f"{path}: one array, not an .npz archive of arrays; {RUN_FILES_FIX}")
+        with loaded as z:
+            arrays = {k: z[k] for k in z.files if k in PREDICTIONS or k in OPTIONAL_PREDICTIONS}
+    except OSError as e:
+        raise os_error("read", path, e, RUN_FILES_FIX) from e
+    except _DAMAGED_ARCHIVE as e:
+        raise ArchbenchError(f"{path}: not a readable .npz archive ({type(e).__name__}); {RUN_FILES_FIX}") from e
+    index = arrays.get("index")
+    n = len(index) if index is not None and index.ndim == 1 and len(index) > 0 else None
+    for name, (kinds, row) in {**PREDICTIONS, **OPTIONAL_PREDICTIONS}.items():
+        if name in arrays or name not in OPTIONAL_PREDICTIONS:
+            problem = _array_problem(name, arrays.get(name), kinds, (n, *row))
+            if problem:
+                raise ArchbenchError(f"{path}: array {name!r} {problem}; {RUN_FILES_FIX}")
+    return arrays
+
+
+def _array_problem(name: str, a: np.ndarray | None, kinds: str, shape: tuple) -> str | None:
+    """What is wrong with one array of predictions.npz (``shape[0]`` None: no valid index array)."""
+    if a is None:
+        return "is missing"
+    if a.dtype.kind not in kinds:
+        return f"holds {a.dtype}"
+    if a.shape != shape or shape[0] is None:
+        return f"has shape {a.shape}, expected ({', '.join(str(d or 'N') for d in shape)}) with N >= 1 test images"
+    if name.endswith(("label", "pred")) and (a.min() < 0 or a.max() >= NUM_CLASSES):
+        return f"holds classes outside 0..{NUM_CLASSES - 1}"
+    return None
 
 
 # ---------------------------------------------------------------- the compare folder
@@ -195,18 +266,39 @@ def write_manifest(out_dir: Path, manifest: Manifest) -> None:
     atomic_write_text(Path(out_dir) / MANIFEST_NAME, json.dumps(body, indent=2) + "\n")
 
 
+# What comparison.json's environment holds (``environment.describe``); other keys are ignored.
+ENVIRONMENT = {"archbench": TEXT, "git commit": or_null(TEXT), "torch": TEXT, "python": TEXT, "device": TEXT,
+               "data": or_null(TEXT), "data checksums": or_null(TEXT), "test images": or_null(integer(1)),
+               "wall time of compare (s)": number(0)}
+FORMAT = Kind(f"{MANIFEST_FORMAT} (this archbench's format)", lambda v: type(v) is int and v == MANIFEST_FORMAT)
+# A run's folder: compare writes it relative to the compare folder, inside it, with POSIX separators.
+RUN_DIR = Kind("a relative path inside the folder", lambda v: isinstance(v, str) and _inside(v))
+
+
+def _inside(d: str) -> bool:
+    p = PurePosixPath(d)  # a backslash or a drive letter ("C:") would be read another way on Windows
+    return not p.is_absolute() and bool(p.parts) and ".." not in p.parts and "\\" not in d and ":" not in d
+
+
 def read_manifest(out_dir: Path) -> Manifest:
+    """The checked comparison.json of a compare folder: each run listed once, inside the folder,
+    of a listed model; each listed model with a run."""
     path = Path(out_dir) / MANIFEST_NAME
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ArchbenchError(f"{out_dir}: no {MANIFEST_NAME}; run archbench compare --out {out_dir} first")
-    try:
-        d = json.loads(path.read_text())
-        if d.get("format") != MANIFEST_FORMAT:
-            raise ValueError(f"format {d.get('format')!r}, expected {MANIFEST_FORMAT}")
-        return Manifest(list(d["models"]), [RunRef(**r) for r in d["runs"]], float(d["min_effect_pp"]),
-                        dict(d["environment"]))
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        raise ArchbenchError(f"{path} is damaged ({e}); run archbench compare --out {out_dir} again") from e
+    fix = f"run archbench compare --out {out_dir} again"
+    f = Fields(read_json_file(path, "the comparison's manifest", fix), str(path), fix)
+    f.get("format", FORMAT)
+    models = f.each("models", TEXT)
+    runs = [RunRef(r.get("model", TEXT), r.get("seed", integer(0)), r.get("dir", RUN_DIR)) for r in f.objects("runs")]
+    min_effect = f.get("min_effect_pp", number(0))
+    env = f.sub("environment")
+    environment = {k: env.get(k, kind) for k, kind in ENVIRONMENT.items()}
+    f.require(len(set(models)) == len(models), "field 'models' names a model twice")
+    f.require({r.model for r in runs} == set(models), "field 'runs' must hold runs of exactly the models listed")
+    f.require(len({(r.model, r.seed) for r in runs}) == len(runs), "field 'runs' lists a model and seed twice")
+    f.require(len({PurePosixPath(r.dir) for r in runs}) == len(runs), "field 'runs' lists a folder twice")
+    return Manifest(models, runs, min_effect, environment)
 
 
 # ---------------------------------------------------------------- the study's table

@@ -1,5 +1,9 @@
 """A comparison's runs loaded from its folder, checked, and compared pairwise.
 
+Each file is checked by its reader; here the files of a run are checked against each
+other and against ``comparison.json``, so that a file left from another run, or one cut
+short, cannot pass for part of this comparison.
+
 Only the runs listed in ``comparison.json`` take part, and they must share one protocol
 (models may differ in their learning rate; seeds of one model in nothing but the seed).
 Seeds pair runs across models (the same seed gives the same data order and augmentation),
@@ -10,17 +14,19 @@ on the per-image predictions.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from archbench.analysis import stats
-from archbench.analysis.compare import Manifest, Result, by_model, read_final, read_manifest, read_predictions
+from archbench.analysis.compare import (FINAL_NAME, MANIFEST_NAME, PREDICTIONS_NAME, RUN_FILES_FIX, Manifest, Result,
+                                        by_model, read_final, read_manifest, read_predictions)
 from archbench.analysis.metrics import summarize
-from archbench.config import PROTOCOL_FIELDS, Config, protocol, read_json
+from archbench.config import PROTOCOL_FIELDS, Config, protocol, protocol_mismatch, read_json
 from archbench.errors import ArchbenchError
-from archbench.train import history
+from archbench.train import divergence, gradflow, history
 from archbench.train.runner import CONFIG_NAME
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -39,6 +45,7 @@ class RunData:
     records: list[dict]
     metrics: dict
     predictions: dict[str, np.ndarray] | None
+    flow: gradflow.Flow | None = None
 
     def final_correct(self) -> np.ndarray | None:
         """Per test image: did the judging weights (see ``Result.final``) classify it correctly?"""
@@ -49,14 +56,54 @@ class RunData:
 
 
 def load_run(run_dir: Path) -> RunData:
+    """A run folder's files, each checked by its reader, then against each other."""
     if not run_dir.is_dir():
         raise ArchbenchError(f"{run_dir} is listed in the comparison but missing; restore it or run "
                              f"archbench compare again")
     cfg = read_json(run_dir / CONFIG_NAME)
     records = history.read(run_dir)
     result = read_final(run_dir)
+    predictions = read_predictions(run_dir)
+    _check_agreement(run_dir, cfg, records, result, predictions, divergence.read(run_dir))
     metrics = summarize(records, planned_epochs=cfg.epochs) if records else {}
-    return RunData(run_dir, cfg, result, records, metrics, read_predictions(run_dir))
+    return RunData(run_dir, cfg, result, records, metrics, predictions, gradflow.read(run_dir))
+
+
+def _check_agreement(run_dir: Path, cfg: Config, records: list[dict], result: Result,
+                     predictions: dict[str, np.ndarray] | None, diverged: dict | None) -> None:
+    """Refuse a run whose files describe different runs: one left from another run, or cut short,
+    would otherwise make a report that contradicts itself. Each rule names both files."""
+    config, final, npz = run_dir / CONFIG_NAME, run_dir / FINAL_NAME, run_dir / PREDICTIONS_NAME
+
+    def require(ok: bool, problem: str) -> None:
+        if not ok:
+            raise ArchbenchError(f"{problem}; {RUN_FILES_FIX}")
+
+    require((result.model, result.seed, result.planned_epochs) == (cfg.model, cfg.seed, cfg.epochs),
+            f"{final} is of {result.model} seed {result.seed}, {result.planned_epochs} epochs, but {config} of "
+            f"{cfg.model} seed {cfg.seed}, {cfg.epochs} epochs")
+    require(result.selected_on == ("validation" if cfg.val_split else "test"),
+            f"{final} selected on {result.selected_on}, but {config} has val_split={cfg.val_split}")
+    record = run_dir / divergence.FILE_NAME
+    noted = None if diverged is None else {"epoch": diverged["epoch"], "step": diverged["step"]}
+    require(result.diverged == noted, f"{final} has diverged={result.diverged}, but {record} "
+                                      f"{'is absent' if noted is None else f'records {noted}'}")
+    differ = [] if diverged is None else protocol_mismatch(diverged["config"], cfg)
+    require(not differ, f"{record} is of another protocol than {config} ({differ[0] if differ else ''})")
+    kept = 0 if result.last is None else result.last.epoch
+    require(len(records) == kept, f"the history ({run_dir / history.JSONL_NAME}, {history.CSV_NAME}) holds "
+                                  f"{len(records)} epochs, but {final} describes the weights of epoch {kept}")
+    require((predictions is None) == (result.last is None),
+            f"{npz} is {'absent' if predictions is None else 'there'}, but {final} describes "
+            f"{'weights' if result.last else 'no weights'}")
+    if predictions is None or result.last is None:
+        return
+    n = len(predictions["index"])
+    require(n == result.images, f"{npz} holds {n} test images, {final} {result.images}")
+    for which, ev in (("best", result.best), ("last", result.last)):
+        acc = 100.0 * int(np.sum(predictions[f"{which}_pred"] == predictions["label"])) / n
+        require(math.isclose(acc, ev.acc, rel_tol=1e-9, abs_tol=1e-9),
+                f"{npz} gives the {which} weights {acc:.2f}% accuracy, {final} {ev.acc:.2f}%")
 
 
 def check_protocols(runs: list[RunData]) -> None:
@@ -66,23 +113,29 @@ def check_protocols(runs: list[RunData]) -> None:
         same_model = r.cfg.model == first.cfg.model
         skip = {"seed"} if same_model else {"seed", *PER_MODEL_FIELDS}
         a, b = protocol(first.cfg), protocol(r.cfg)
-        diffs = [f"{k}: {a[k]!r} in {first.dir} vs {b[k]!r} in {r.dir}" for k in PROTOCOL_FIELDS
-                 if k not in skip and a[k] != b[k]]
+        diffs = [f"{k}: {a[k]!r} in {first.dir / CONFIG_NAME} vs {b[k]!r} in {r.dir / CONFIG_NAME}"
+                 for k in PROTOCOL_FIELDS if k not in skip and a[k] != b[k]]
         if diffs:
             raise ArchbenchError(f"the compared runs differ in protocol ({'; '.join(diffs)}); compare only runs "
                                  f"trained the same way")
-    indices = [r.predictions["index"] for r in runs if r.predictions is not None]
-    if any(not np.array_equal(indices[0], i) for i in indices[1:]):
-        raise ArchbenchError("the compared runs were evaluated on different test images; run archbench "
-                             "compare again to evaluate them on the same ones")
+    evaluated = [r for r in runs if r.predictions is not None]
+    differ = next((r for r in evaluated[1:]
+                   if not np.array_equal(evaluated[0].predictions["index"], r.predictions["index"])), None)
+    if differ is not None:
+        raise ArchbenchError(f"the compared runs were evaluated on different test images "
+                             f"({evaluated[0].dir / PREDICTIONS_NAME} vs {differ.dir / PREDICTIONS_NAME}); run "
+                             f"archbench compare again to evaluate them on the same ones")
 
 
 def load(out_dir: Path) -> tuple[Manifest, dict[str, list[RunData]]]:
     """The manifest and its runs per model, in the comparison's model order."""
-    manifest = read_manifest(out_dir)
+    manifest = read_manifest(out_dir)  # lists at least one run
     runs = [load_run(d) for d in manifest.run_dirs(out_dir)]
-    if not runs:
-        raise ArchbenchError(f"{out_dir}: the comparison lists no runs; run archbench compare again")
+    for r, ref in zip(runs, manifest.runs):
+        if (r.cfg.model, r.cfg.seed) != (ref.model, ref.seed):
+            raise ArchbenchError(f"{Path(out_dir) / MANIFEST_NAME} lists {ref.model} seed {ref.seed} in {ref.dir}, but "
+                                 f"{r.dir / CONFIG_NAME} is of {r.cfg.model} seed {r.cfg.seed}; run archbench "
+                                 f"compare --out {out_dir} again")
     check_protocols(runs)
     groups = by_model(runs, key=lambda r: r.cfg.model)
     return manifest, {m: groups[m] for m in manifest.models if m in groups}

@@ -9,14 +9,17 @@ on a log axis: late-training differences (0.002 vs 0.02) vanish on a linear one.
 from __future__ import annotations
 
 import io
-import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from archbench.analysis.metrics import mean_band
+from archbench.config import read_json
 from archbench.io_utils import atomic_write_bytes
 from archbench.train import gradflow, history
+from archbench.train.runner import CONFIG_NAME
 
 METRICS = (("loss", "Loss (log scale)"), ("acc", "Accuracy (%)"))
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -36,13 +39,9 @@ def _colors(n: int) -> list:
 
 
 def run_label(run_dir: Path) -> str:
-    cfg = Path(run_dir) / "config.json"
-    if cfg.is_file():
-        try:
-            return json.loads(cfg.read_text())["model"]
-        except (ValueError, KeyError):
-            pass
-    return Path(run_dir).name
+    """The run's model, from its (checked) config.json; the folder's name if it has none."""
+    path = Path(run_dir) / CONFIG_NAME
+    return read_json(path).model if os.path.lexists(path) else Path(run_dir).name
 
 
 def _save(fig, path: Path) -> Path:
@@ -69,25 +68,43 @@ def _draw_curves(ax, key: str, runs: list[list[dict]], label: str | None, color=
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+@dataclass(frozen=True)
+class RunCurves:
+    """What a run's own figures are drawn from, read and checked."""
+
+    dir: Path
+    label: str
+    records: list[dict]
+    flow: gradflow.Flow | None
+
+
+def read_run(run_dir: Path) -> RunCurves:
+    return RunCurves(Path(run_dir), run_label(run_dir), history.read(run_dir), gradflow.read(run_dir))
+
+
 def plot_run(run_dir: Path) -> list[Path]:
     """``loss.png`` and ``accuracy.png`` in the run folder, and its gradient-flow figures; none
-    for a run with no finished epoch."""
-    records = history.read(run_dir)
-    if not records:
+    for a run with no finished epoch. Every file is read before any figure is written, so a
+    damaged one leaves the folder as it was."""
+    return draw_run(read_run(run_dir))
+
+
+def draw_run(run: RunCurves) -> list[Path]:
+    if not run.records:
         return []
-    plt, label = _pyplot(), run_label(run_dir)
+    plt = _pyplot()
     paths = []
     for key, ylabel in METRICS:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        _draw_curves(ax, key, [records], label)
-        ax.set(xlabel="Epoch", ylabel=ylabel, title=f"{label}: {'loss' if key == 'loss' else 'accuracy'} curves")
+        _draw_curves(ax, key, [run.records], run.label)
+        ax.set(xlabel="Epoch", ylabel=ylabel,
+               title=f"{run.label}: {'loss' if key == 'loss' else 'accuracy'} curves")
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-        paths.append(_save(fig, Path(run_dir) / ("loss.png" if key == "loss" else "accuracy.png")))
-    flow = gradflow.read(run_dir)
-    if flow is not None:
-        paths += [plot_gradflow({label: flow}, Path(run_dir) / "gradflow.png"),
-                  plot_gradflow_ratio(flow, label, Path(run_dir) / "gradflow_ratio.png")]
+        paths.append(_save(fig, run.dir / ("loss.png" if key == "loss" else "accuracy.png")))
+    if run.flow is not None:
+        paths += [plot_gradflow({run.label: run.flow}, run.dir / "gradflow.png"),
+                  plot_gradflow_ratio(run.flow, run.label, run.dir / "gradflow_ratio.png")]
     return paths
 
 

@@ -2,7 +2,8 @@
 
 Everything comes from files in the folder: ``comparison.json`` (which runs, in which
 order, and the environment), each listed run's ``config.json``, history, ``final.json``,
-``predictions.npz`` and ``gradflow.csv``. Figures are drawn anew from those files. The
+``predictions.npz``, ``divergence.json`` and ``gradflow.csv``, all read and checked by
+``evidence.load`` before anything is written. Figures are drawn anew from those files. The
 report is a list of blocks rendered twice: Markdown (images linked) and HTML (images
 embedded, verdicts as coloured boxes).
 """
@@ -25,7 +26,6 @@ from archbench.analysis.metrics import METRIC_LABELS
 from archbench.analysis.stats import summary
 from archbench.data.sources import NUM_CLASSES
 from archbench.io_utils import atomic_write_text
-from archbench.train import gradflow
 
 # The study's published single-run results (SPEC.md): test accuracy (%) and test loss.
 STUDY = {"resnet18": (94.99, 0.1937), "vgg19_bn": (92.87, 0.3345)}
@@ -193,7 +193,7 @@ def _curve_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Block]:
 
 
 def _gradflow_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Block]:
-    flows = {m: f for m, rs in runs.items() if (f := gradflow.read(rs[0].dir)) is not None}
+    flows = {m: rs[0].flow for m, rs in runs.items() if rs[0].flow is not None}
     if not flows:
         return []
     path = plots.plot_gradflow(flows, out_dir / "gradflow_shared.png")

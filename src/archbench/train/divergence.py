@@ -8,13 +8,16 @@ into the same failure) and the report can show it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from archbench.config import Config, protocol_mismatch
+from archbench.config import Config, protocol_mismatch, run_config
 from archbench.errors import ArchbenchError, DivergenceError
-from archbench.io_utils import atomic_write_text
+from archbench.io_utils import atomic_write_text, read_json
+from archbench.schema import OBJECT, STRING, Fields, integer, or_null
 
 FILE_NAME = "divergence.json"
+FIX = "delete it to train the run again"
 
 
 def write(run_dir: Path, cfg: Config, err: DivergenceError) -> None:
@@ -23,16 +26,15 @@ def write(run_dir: Path, cfg: Config, err: DivergenceError) -> None:
 
 
 def read(run_dir: Path) -> dict | None:
-    """The recorded divergence of a run folder, or None if it did not diverge."""
+    """The checked divergence record of a run folder, or None if it did not diverge."""
     path = Path(run_dir) / FILE_NAME
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    try:
-        record = json.loads(path.read_text())
-        return {"epoch": int(record["epoch"]), "step": record.get("step"), "message": str(record["message"]),
-                "config": dict(record["config"])}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ArchbenchError(f"{path} is damaged ({e}); delete it to train the run again") from e
+    fields = Fields(read_json(path, "the run's divergence record", FIX), str(path), FIX)
+    record = {"epoch": fields.get("epoch", integer(1)), "step": fields.get("step", or_null(integer(1))),
+              "message": fields.get("message", STRING)}
+    cfg = run_config(fields.get("config", OBJECT), f"{path} field 'config'", FIX)
+    return {**record, "config": cfg.to_dict()}
 
 
 def refuse_retraining(run_dir: Path, cfg: Config) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,11 @@ import torch
 import torch.nn as nn
 
 from archbench.errors import ArchbenchError
-from archbench.io_utils import atomic_write_text
+from archbench.io_utils import atomic_write_text, read_text
+from archbench.schema import Fields, integer, number, parse_cell
 
 FILE_NAME = "gradflow.csv"
+FIX = "delete it and resume the run to rewrite it from the checkpoint"
 
 
 def tracked_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -83,10 +86,10 @@ def sync(run_dir: Path, names: list[str], rows: list[list[float]]) -> None:
     w.writerow(["epoch", "t", *names])
     w.writerows(rows)
     try:
-        if path.read_text() == buf.getvalue():
+        if path.read_text(encoding="utf-8") == buf.getvalue():
             return
-    except OSError:
-        pass
+    except (OSError, UnicodeDecodeError):
+        pass  # unreadable or damaged: rewritten from the checkpoint's rows
     atomic_write_text(path, buf.getvalue())
 
 
@@ -102,22 +105,41 @@ class Flow:
         return self.grad / np.maximum(self.weight, np.finfo(float).tiny)
 
 
+def _header(path: Path, head: list[str]) -> list[str]:
+    """The layers named by gradflow.csv's header: epoch, t, grad:<layer>..., weight:<layer>..."""
+    layers = [c[len("grad:"):] for c in head[2:] if c.startswith("grad:")]
+    if not layers or head != ["epoch", "t", *(f"grad:{n}" for n in layers), *(f"weight:{n}" for n in layers)]:
+        raise ArchbenchError(f"{path}: unexpected columns (expected epoch, t, grad:<layer>... weight:<layer>...); "
+                             f"{FIX}")
+    return layers
+
+
 def read(run_dir: Path) -> Flow | None:
-    """A run's gradflow.csv, or None when the run recorded none."""
+    """A run's checked gradflow.csv, or None when the run recorded none.
+
+    Every row is a finished epoch's (``t`` within it, rising), with finite norms: a
+    non-finite loss stops the run before its epoch's rows are kept.
+    """
     path = Path(run_dir) / FILE_NAME
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
-    rows = list(csv.reader(io.StringIO(path.read_text())))
-    if len(rows) < 2:
-        return None
-    head = rows[0][2:]
-    layers = [c[len("grad:"):] for c in head if c.startswith("grad:")]
-    if head != [f"grad:{n}" for n in layers] + [f"weight:{n}" for n in layers]:
-        raise ArchbenchError(f"{path}: unexpected columns (expected grad:<layer>... weight:<layer>...); "
-                             f"delete it and resume the run to rewrite it from the checkpoint")
-    k = len(layers)
-    if any(len(r) != 2 + 2 * k for r in rows[1:]):
-        raise ArchbenchError(f"{path}: rows do not match its {2 + 2 * k} columns; delete it and resume the run "
-                             f"to rewrite it from the checkpoint")
-    arr = np.array([[float(v) for v in r] for r in rows[1:]])
-    return Flow(layers, arr[:, 1], arr[:, 2:2 + k], arr[:, 2 + k:])
+    try:
+        rows = list(csv.reader(io.StringIO(read_text(path, "the run's gradient-flow record", FIX))))
+    except csv.Error as e:
+        raise ArchbenchError(f"{path}: not CSV ({e}); {FIX}") from e
+    if len(rows) < 2:  # archbench removes the file rather than leave it without rows
+        raise ArchbenchError(f"{path}: no rows; {FIX}")
+    layers = _header(path, rows[0])
+    k, values, last_t = len(layers), [], 0.0
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) != 2 + 2 * k:
+            raise ArchbenchError(f"{path} line {n}: rows do not match its {2 + 2 * k} columns; {FIX}")
+        cells = Fields(dict(zip(rows[0], map(parse_cell, row))), f"{path} line {n}", FIX, noun="column")
+        epoch, t = cells.get("epoch", integer(1)), cells.get("t", number(0))
+        cells.require(epoch - 1 < t <= epoch and t > last_t,
+                      f"t={t} is not a later point within epoch {epoch} (rows follow training; t is in "
+                      f"(epoch - 1, epoch])")
+        values.append([t] + [cells.get(c, number(0)) for c in rows[0][2:]])
+        last_t = t
+    arr = np.array(values, dtype=float)
+    return Flow(layers, arr[:, 0], arr[:, 1:1 + k], arr[:, 1 + k:])

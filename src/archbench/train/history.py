@@ -1,7 +1,8 @@
 """Per-epoch history: one record per finished epoch, appended to history.csv and history.jsonl.
 
 Appends are flushed and fsynced as each epoch ends. Figures and reports are made from
-these files alone. On start and resume the files are made to hold exactly the records kept in
+these files alone, so ``read`` checks every record (``SCHEMA``) and the two files against
+each other. On start and resume the files are made to hold exactly the records kept in
 the checkpoint (``sync``), so an epoch is never lost or duplicated.
 """
 
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Iterable
 
 from archbench.errors import ArchbenchError
-from archbench.io_utils import atomic_write_text
+from archbench.io_utils import atomic_write_text, read_text
+from archbench.schema import PERCENT, Fields, integer, number, or_null, parse_cell
 
 FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc_exact",
           "train_seconds", "eval_seconds", "epoch_seconds")
@@ -69,25 +71,80 @@ def sync(run_dir: Path, records: list[dict]) -> None:
             atomic_write_text(path, text)
 
 
-def _number(v: str) -> float | int | None:
-    if v == "":
-        return None
-    f = float(v)
-    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+# What each field of a record must hold. A non-finite training loss stops a run before its epoch
+# is recorded. A non-finite validation loss does too now, but runs trained before final.json
+# existed recorded that epoch (the metrics take NaN as never reached). val_acc_exact is null when
+# every test image is pixel-exact.
+SCHEMA = {"epoch": integer(1), "lr": number(positive=True), "train_loss": number(0), "train_acc": PERCENT,
+          "val_loss": number(0, nonfinite=True), "val_acc": PERCENT, "val_acc_exact": or_null(PERCENT),
+          "train_seconds": number(0), "eval_seconds": number(0), "epoch_seconds": number(0)}
+FIX = "resume the run (archbench train MODEL --resume, or compare again) to rewrite it from the checkpoint"
+
+
+def _record(data: object, where: str, epoch: int, noun: str) -> dict:
+    """One checked record, with exactly the fields of ``SCHEMA`` (others are ignored)."""
+    fields = Fields(data, where, FIX, noun=noun)
+    record = {k: fields.get(k, kind) for k, kind in SCHEMA.items()}
+    fields.require(record["epoch"] == epoch, f"{noun} 'epoch' is {record['epoch']}, expected {epoch} "
+                                             f"(epochs are recorded 1, 2, 3, ... once each)")
+    return record
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    for n, line in enumerate(read_text(path, "the run's history", FIX).split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except (ValueError, RecursionError) as e:
+            raise ArchbenchError(f"{path} line {n}: not a JSON record ({type(e).__name__}); {FIX}") from e
+        records.append(_record(data, f"{path} line {n}", len(records) + 1, "field"))
+    return records
+
+
+def _read_csv(path: Path) -> list[dict]:
+    try:
+        rows = list(csv.reader(io.StringIO(read_text(path, "the run's history", FIX))))
+    except csv.Error as e:
+        raise ArchbenchError(f"{path}: not CSV ({e}); {FIX}") from e
+    if not rows:
+        raise ArchbenchError(f"{path}: the header line is missing; {FIX}")
+    header, records = rows[0], []
+    missing = [k for k in FIELDS if k not in header]
+    if missing:
+        raise ArchbenchError(f"{path}: column {missing[0]!r} is missing from the header; {FIX}")
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise ArchbenchError(f"{path} line {n}: {len(row)} cells under a header of {len(header)}; {FIX}")
+        data = {k: parse_cell(v) for k, v in zip(header, row)}
+        records.append(_record(data, f"{path} line {n}", len(records) + 1, "column"))
+    return records
+
+
+def _difference(a: list[dict], b: list[dict]) -> str | None:
+    """Where two readings of a history differ (NaN equals NaN here), or None."""
+    for x, y in zip(a, b):
+        key = next((k for k in FIELDS if json.dumps(x[k]) != json.dumps(y[k])), None)
+        if key:
+            return f"epoch {x['epoch']}'s {key} differs"
+    return None if len(a) == len(b) else f"{len(a)} vs {len(b)} epochs"
 
 
 def read(run_dir: Path) -> list[dict]:
-    """The history of a run folder, from history.jsonl (or history.csv if that is all there is)."""
+    """The checked history of a run folder: its records, epochs 1, 2, ... (none if no epoch has finished).
+
+    history.jsonl and history.csv hold the same records; both are read when both are there,
+    and must agree, so that one cut short or edited is not taken for the run's history.
+    """
     run_dir = Path(run_dir)
     jsonl, csv_path = run_dir / JSONL_NAME, run_dir / CSV_NAME
-    try:
-        if jsonl.is_file():
-            return [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-        if csv_path.is_file():
-            rows = csv.DictReader(io.StringIO(csv_path.read_text()))
-            return [{k: _number(v) for k, v in row.items()} for row in rows]
-    except (ValueError, KeyError) as e:
-        raise ArchbenchError(f"{run_dir}: history file is damaged ({e}); it is rebuilt from the "
-                             f"checkpoint by resuming the run") from e
-    raise ArchbenchError(f"{run_dir}: no {JSONL_NAME} or {CSV_NAME}; is this a run folder?")
-
+    have_jsonl, have_csv = os.path.lexists(jsonl), os.path.lexists(csv_path)
+    if not (have_jsonl or have_csv):
+        raise ArchbenchError(f"{run_dir}: no {JSONL_NAME} or {CSV_NAME}; is this a run folder?")
+    records = _read_jsonl(jsonl) if have_jsonl else None
+    rows = _read_csv(csv_path) if have_csv else None
+    differ = None if records is None or rows is None else _difference(records, rows)
+    if differ:
+        raise ArchbenchError(f"{jsonl} and {csv_path} disagree ({differ}); {FIX}")
+    return records if records is not None else rows
