@@ -6,6 +6,7 @@ Usage: python fault_driver.py FAULT archbench-args...   FAULT is one of
   write:NAME:N         SIGKILL in the N-th atomic write of file NAME, after its temp file is
                        complete and before it is renamed into place
   partial:NAME:N       SIGKILL half-way through writing the temp file of the N-th NAME checkpoint
+  term:NAME:N          SIGTERM half-way through writing the temp file of the N-th NAME checkpoint
   append:NAME:N        SIGKILL just before the N-th append to history file NAME
   enospc:NAME:N        the N-th atomic write of NAME fails with "No space left on device"
   nan:N                the N-th training loss is NaN
@@ -17,6 +18,7 @@ import io
 import os
 import signal
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -77,22 +79,27 @@ def install(fault: str) -> None:
             return real_replace(src, dst)
 
         io_utils.os.replace = replace
-    elif kind == "partial":
+    elif kind in ("partial", "term"):
         import archbench.train.checkpoint as checkpoint
 
         real_save = checkpoint.atomic_torch_save
 
         def save(path, obj):
-            if hit("partial", Path(path).name, want, n):
-                buf = io.BytesIO()
-                torch.save(obj, buf)
+            if hit(kind, Path(path).name, want, n):
+                raw = io.BytesIO()
+                torch.save(obj, raw)
+                raw = raw.getvalue()
 
-                def half_then_die(f):
-                    f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+                def write_in_halves(f):
+                    f.write(raw[: len(raw) // 2])
                     f.flush()
-                    die()
+                    if kind == "partial":
+                        die()
+                    os.kill(os.getpid(), signal.SIGTERM)  # handled by the main thread meanwhile
+                    time.sleep(0.5)
+                    f.write(raw[len(raw) // 2:])
 
-                return io_utils._atomic_write(path, half_then_die)
+                return io_utils._atomic_write(path, write_in_halves)
             return real_save(path, obj)
 
         checkpoint.atomic_torch_save = save

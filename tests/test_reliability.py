@@ -32,14 +32,15 @@ ARGS = ["train", "resnet18", "--epochs", str(EPOCHS), "--milestones", "2", "--tr
         "--test-subset", "20", "--batch-size", "16", "--device", "cpu", "--quiet",
         "--data-dir", str(SAMPLE_DIR)]
 TIMING = ("train_seconds", "eval_seconds", "epoch_seconds")
+UMASK = 0o022  # the usual one: files 0644, folders 0755
 
 
 def run(out: Path, fault: str = "none", *extra: str, popen: bool = False):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     cmd = [sys.executable, str(DRIVER), fault, *ARGS, "--out", str(out), *extra]
     if popen:
-        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, umask=UMASK)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, umask=UMASK)
 
 
 def numbers(run_dir: Path) -> list[dict]:
@@ -104,8 +105,8 @@ def test_killed_at_random_times_resumes_bit_identical(tmp_path, uninterrupted):
 
 
 def _snapshot(d: Path) -> dict[str, bytes]:
-    """Every file's bytes, except the lock file (it records the last holder's pid)."""
-    return {f.name: f.read_bytes() for f in d.iterdir() if f.is_file() and f.name != ".lock"}
+    """Every file's bytes (a released lock leaves no file behind)."""
+    return {f.name: f.read_bytes() for f in d.iterdir() if f.is_file()}
 
 
 @needs_sample
@@ -199,7 +200,8 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     p = run(blocker / "out")
     assert p.returncode == 1 and p.stderr.count("\n") == 1
-    assert "cannot create the output folder" in p.stderr and "choose another --out" in p.stderr
+    assert "could not create the folder" in p.stderr and "a part of the path is a file" in p.stderr
+    assert "choose another --out" in p.stderr
 
 
 @needs_sample
@@ -296,3 +298,217 @@ def test_each_data_fault_is_one_line_naming_the_file_and_fix(fault, tmp_path, ca
     assert code == 1 and err.count("\n") == 1 and expected in err, err
     assert any(fix in err for fix in ("fresh copy", "download it again", "copy the complete", "copy it again"))
     assert not list((tmp_path / "out").rglob("*.pt")) and not list((tmp_path / "out").rglob("config.json"))
+
+
+# ---------------------------------------------------------------- the file system, signals, other data
+
+def _main(capsys, *argv: str) -> tuple[int, str, str]:
+    from archbench.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _one_line(err: str) -> bool:
+    return err.count("\n") == 1 and err.startswith("archbench: error: ") and "Traceback" not in err
+
+
+def _private_mount_namespace(script: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a shell script as root of a private user and mount namespace, where it can mount a
+    small tmpfs (a real file system that fills up, or turns read-only) without privileges."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed: no private mount namespace for a small tmpfs")
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private namespace here ({probe.stderr.strip()[:120]}); "
+                    f"a real full or read-only file system cannot be made")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                          env=env, capture_output=True, text=True, timeout=timeout, umask=UMASK)
+
+
+def _cli(args: list[str], out: str, tag: str) -> str:
+    """A shell line running the CLI with ``args``; its exit code, stdout and stderr go to ``out``/tag.*"""
+    quoted = " ".join(f"'{a}'" for a in args)
+    return (f"{sys.executable} -m archbench {quoted} >{out}/{tag}.out 2>{out}/{tag}.err; "
+            f"echo $? >{out}/{tag}.rc")
+
+
+def _result(folder: Path, tag: str) -> tuple[int, str, str]:
+    return (int((folder / f"{tag}.rc").read_text()), (folder / f"{tag}.out").read_text(),
+            (folder / f"{tag}.err").read_text())
+
+
+@needs_sample
+def test_a_really_full_disk_is_one_line_and_the_run_resumes_bit_identical(tmp_path, uninterrupted):
+    """torch.save reports a full disk as a RuntimeError; it must read like any other full disk."""
+    mnt, logs, copy = tmp_path / "mnt", tmp_path / "logs", tmp_path / "copy"
+    mnt.mkdir(), logs.mkdir()
+    args = ARGS[:-2] + ["--data-dir", str(SAMPLE_DIR), "--out", f"{mnt}/out"]
+    # resnet18's best.pt is 45 MB and last.pt 90 MB: 160 MB holds epoch 1, not epoch 2's temp files.
+    script = "; ".join([
+        f"mount -t tmpfs -o size=160m tmpfs {mnt}", _cli(args, logs, "full"),
+        f"ls -A {mnt}/out/resnet18 >{logs}/after_full.ls",
+        f"{sys.executable} -c \"import sys; sys.path.insert(0, '{REPO / 'src'}'); "
+        f"from archbench.train import checkpoint; "
+        f"print(checkpoint.load('{mnt}/out/resnet18/last.pt')['epoch'])\" >{logs}/epoch_kept",
+        f"mount -o remount,size=400m {mnt}", _cli(args + ["--resume"], logs, "resumed"),
+        f"cp -a {mnt}/out/resnet18 {copy}"])
+    p = _private_mount_namespace(script)
+    assert p.returncode == 0, p.stderr
+    code, _, err = _result(logs, "full")
+    assert code == 1 and _one_line(err), err
+    assert "could not write" in err and "No space left on device; free disk space" in err
+    assert "RuntimeError" not in err and "unexpected pos" not in err
+    left = (logs / "after_full.ls").read_text().split()
+    assert not [f for f in left if f.endswith(".tmp")] and ".lock" not in left, left
+    assert (logs / "epoch_kept").read_text().strip() == "1"
+    code, _, err = _result(logs, "resumed")
+    assert code == 0, err
+    assert_same_run(copy, uninterrupted)
+
+
+@needs_sample
+def test_read_only_output_is_one_line_for_every_writing_command_and_bench_fails_first(tmp_path, uninterrupted):
+    mnt, logs = tmp_path / "mnt", tmp_path / "logs"
+    mnt.mkdir(), logs.mkdir()
+    data = ["--data-dir", str(SAMPLE_DIR)]
+    commands = {
+        "train": ARGS[:-2] + data + ["--out", f"{mnt}/out"],
+        "resume": ARGS[:-2] + data + ["--out", f"{mnt}/runs", "--resume"],  # a finished run, now read-only
+        "bench": ["bench", "resnet18", "--synthetic", "--device", "cpu", "--train-subset", "40",
+                  "--test-subset", "20", "--json", f"{mnt}/bench/results.json"],
+        "eval": ["eval", f"{mnt}/runs/resnet18", *data, "--device", "cpu", "--out", f"{mnt}/eval"],
+        "plot": ["plot", f"{mnt}/runs/resnet18", str(uninterrupted), "--out", f"{mnt}/plots"],
+    }
+    script = "; ".join([f"mount -t tmpfs -o size=200m tmpfs {mnt}", f"mkdir {mnt}/runs",
+                        f"cp -a {uninterrupted} {mnt}/runs/resnet18", f"mount -o remount,ro {mnt}",
+                        *(_cli(args, logs, tag) for tag, args in commands.items()),
+                        f"ls -A {mnt}/runs/resnet18 >{logs}/run.ls"])
+    p = _private_mount_namespace(script)
+    assert p.returncode == 0, p.stderr
+    for tag in commands:
+        code, out, err = _result(logs, tag)
+        assert code == 1 and _one_line(err), (tag, err)
+        assert "Read-only file system; the file system is read-only; choose another --out" in err, (tag, err)
+    assert "bench:" not in _result(logs, "bench")[1], "bench timed the models before checking --json"
+    assert sorted((logs / "run.ls").read_text().split()) == sorted(f.name for f in uninterrupted.iterdir())
+
+
+def test_names_beyond_the_file_system_limits_are_one_line(tmp_path, capsys):
+    for out in (tmp_path / ("n" * 300), tmp_path.joinpath(*["d" * 200] * 25)):  # NAME_MAX, PATH_MAX
+        code, _, err = _main(capsys, "train", "resnet18", "--epochs", "1", "--out", str(out))
+        assert code == 1 and _one_line(err), err
+        assert "File name too long; the path is too long; choose a shorter --out" in err
+
+
+def test_unwritable_json_or_out_of_bench_eval_and_plot_fail_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    for argv in (["bench", "resnet18", "--synthetic", "--device", "cpu", "--json", f"{blocker}/b.json"],
+                 ["eval", str(tmp_path), "--test-subset", "20", "--out", f"{blocker}/eval"],
+                 ["plot", str(tmp_path), "--out", f"{blocker}/plots"]):
+        code, out, err = _main(capsys, *argv)
+        assert code == 1 and _one_line(err), err
+        assert "a part of the path is a file, not a folder" in err and out == "", (argv, out)
+    code, _, err = _main(capsys, "bench", "resnet18", "--synthetic", "--json", str(tmp_path))
+    assert code == 1 and "it is a folder; name a file" in err
+
+
+@needs_sample
+def test_files_follow_the_umask_like_any_other_program(uninterrupted, tmp_path):
+    modes = {f.name: f.stat().st_mode & 0o777 for f in uninterrupted.iterdir()}
+    assert set(modes.values()) == {0o644}, modes  # written under umask 022
+    from archbench.io_utils import atomic_write_text
+
+    old = os.umask(0o077)
+    try:
+        atomic_write_text(tmp_path / "private.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
+
+
+@needs_sample
+def test_sigterm_during_a_checkpoint_write_finishes_it_says_so_and_resumes_bit_identical(tmp_path, uninterrupted):
+    out = tmp_path / "out"
+    p = run(out, "term:last.pt:2")
+    assert p.returncode == 143, p.stderr
+    assert p.stderr.count("\n") == 1 and "terminated (SIGTERM); finished epochs are saved" in p.stderr
+    d = out / "resnet18"
+    assert not list(d.glob(".*.tmp")) and not (d / ".lock").exists()
+    assert checkpoint.load(d / "last.pt")["epoch"] == 2  # the write under way when the signal came landed
+    p = run(out, "none", "--resume")
+    assert p.returncode == 0, p.stderr
+    assert_same_run(d, uninterrupted)
+
+
+@needs_sample
+def test_zero_byte_checkpoints_are_called_damaged(tmp_path, uninterrupted, capsys):
+    d = tmp_path / "out" / "resnet18"
+    shutil.copytree(uninterrupted, d)
+    (d / "last.pt").write_bytes(b"")
+    (d / "best.pt").write_bytes(b"")
+    before = _snapshot(d)
+    code, _, err = _main(capsys, *ARGS, "--out", str(tmp_path / "out"), "--resume")
+    assert code == 1 and _one_line(err), err
+    assert f"checkpoint {d / 'last.pt'} is unreadable (EOFError; 0 bytes); it is truncated or damaged" in err
+    code, _, err = _main(capsys, "eval", str(d), "--data-dir", str(SAMPLE_DIR), "--device", "cpu")
+    assert code == 1 and _one_line(err) and f"{d / 'best.pt'} is unreadable" in err, err
+    assert _snapshot(d) == before
+
+
+@needs_sample
+def test_a_checkpoint_with_missing_or_mistyped_fields_is_refused(tmp_path, uninterrupted, capsys):
+    d = tmp_path / "out" / "resnet18"
+    shutil.copytree(uninterrupted, d)
+    good = checkpoint.load(d / "last.pt")
+    for field, value in (("optimizer", None), ("epoch", "4"), ("rng", {}), ("history", [1, 2])):
+        torch.save({**good, field: value}, d / "last.pt")
+        code, _, err = _main(capsys, *ARGS, "--out", str(tmp_path / "out"), "--resume")
+        assert code == 1 and _one_line(err), err
+        assert f"last.pt: field {field!r} should be" in err and "damaged" in err
+
+
+def test_a_failed_start_leaves_no_folder_and_no_lock_behind(tmp_path, capsys):
+    out = tmp_path / "new" / "out"
+    code, _, err = _main(capsys, *ARGS[:-2], "--data-dir", str(tmp_path / "nothing"), "--out", str(out))
+    assert code == 1 and _one_line(err) and "CIFAR-10" in err
+    assert not (tmp_path / "new").exists(), list((tmp_path / "new").rglob("*"))
+
+
+@needs_sample
+def test_a_run_is_only_continued_or_reused_on_the_data_it_started_with(tmp_path, uninterrupted, capsys):
+    other, _ = make_official(tmp_path / "other")  # as many images per class, other pixels and labels
+    out = tmp_path / "out"
+    p = run(out, "step:5")  # killed in epoch 2: a run to continue
+    assert p.returncode == -signal.SIGKILL
+    d = out / "resnet18"
+    before = _snapshot(d)
+    before.pop(".lock")  # the killed process's, unlocked: the next command takes it over and removes it
+    code, _, err = _main(capsys, *ARGS[:-2], "--data-dir", str(other), "--no-verify-data", "--out", str(out),
+                         "--resume")
+    assert code == 1 and _one_line(err), err
+    assert f"{d} was trained on other data (train images and test images differ)" in err
+    assert str(SAMPLE_DIR) in err and str(other) in err and "pass the run's data with --data-dir" in err
+    assert _snapshot(d) == before  # config.json still records what the first epoch saw
+    reused = tmp_path / "reused"
+    shutil.copytree(uninterrupted, reused / "resnet18")
+    compare = ["compare", "resnet18", *ARGS[2:-2], "--data-dir", str(other), "--no-verify-data", "--out", str(reused)]
+    before = _snapshot(reused / "resnet18")
+    code, _, err = _main(capsys, *compare)
+    assert code == 1 and _one_line(err) and "was trained on other data" in err, err
+    assert _snapshot(reused / "resnet18") == before
+
+
+@needs_sample
+def test_vgg_with_batch_size_1_diverges_in_validation_and_exits_1(tmp_path, capsys):
+    """Batch norm over one 1x1 feature map has no variance: running statistics turn NaN."""
+    code, _, err = _main(capsys, "train", "vgg19_bn", "--batch-size", "1", "--train-subset", "10",
+                         "--test-subset", "10", "--epochs", "1", "--device", "cpu", "--quiet",
+                         "--data-dir", str(SAMPLE_DIR), "--out", str(tmp_path))
+    assert code == 1 and _one_line(err), err
+    assert "[vgg19_bn] epoch 1: the validation loss is nan (non-finite); the run stopped" in err
+    assert json.loads((tmp_path / "vgg19_bn" / "divergence.json").read_text())["epoch"] == 1

@@ -1,6 +1,7 @@
 """Training runs: seeding, exact resume, history, best/last checkpoints, divergence."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -190,6 +191,41 @@ def test_divergent_run_stops_with_last_good_checkpoint_kept(tmp_path, monkeypatc
         _train(d, _cfg(epochs=3))
     assert checkpoint.load(d / "last.pt")["epoch"] == 1
     assert [r["epoch"] for r in history.read(d)] == [1]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"loss": float("nan")}, r"epoch 2: the validation loss is nan \(non-finite\)"),
+    ({"nonfinite_logits": 3}, r"epoch 2: 3 validation images got non-finite logits"),
+])
+def test_a_non_finite_validation_is_divergence_keeping_the_last_finite_epoch(tmp_path, monkeypatch, bad, message):
+    import archbench.train.runner as runner
+
+    real, calls = runner.evaluate, []
+
+    def broken_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        ev = real(*args, **kwargs)
+        return {**ev, **bad} if len(calls) == 2 else ev
+
+    monkeypatch.setattr(runner, "evaluate", broken_in_epoch_2)
+    d = tmp_path / "r"
+    with pytest.raises(DivergenceError, match=message + ".*keeps the checkpoint of epoch 1"):
+        _train(d, _cfg(epochs=3))
+    assert checkpoint.load(d / "last.pt")["epoch"] == 1
+    assert [r["epoch"] for r in history.read(d)] == [1]
+    assert json.loads((d / "divergence.json").read_text())["epoch"] == 2
+
+
+def test_evaluate_counts_images_with_non_finite_logits_even_when_the_loss_is_finite():
+    class MinusInf(nn.Module):
+        def forward(self, x):  # class 9 impossible for the first image: its loss stays finite
+            out = torch.zeros(x.shape[0], 10)
+            out[0, 9] = float("-inf")
+            return out
+
+    ev = evaluate(MinusInf(), [(torch.zeros(3, 3, 32, 32), torch.tensor([0, 1, 2]))], torch.device("cpu"))
+    assert ev["nonfinite_logits"] == 1
+    assert ev["loss"] == pytest.approx((math.log(9) + 2 * math.log(10)) / 3)
 
 
 def test_evaluate_reports_exact_subset():

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 from archbench import __version__
 from archbench.config import Config, from_mapping, load_file
 from archbench.errors import ArchbenchError
+from archbench.io_utils import check_writable, os_error
 
 DEFAULT_COMPARE = ("resnet18", "vgg19_bn")
 
@@ -177,7 +181,7 @@ def cmd_compare(args) -> int:
     data = _data_loader(cfg)
     for run in runs:  # a finished run is reused, an unfinished one resumed, a diverged one counted
         try:
-            run.train(data, resume=True)
+            run.check_data(run.train(data, resume=True), data())  # a reused run must have seen these images
         except DivergenceError as e:
             log(f"{e}\n[{run.cfg.model}] divergence recorded as this run's outcome; the comparison goes on")
         plot_run(run.run_dir)
@@ -201,6 +205,8 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from archbench.analysis.report import write_report
 
+    if args.out_dir.is_dir():
+        check_writable(args.out_dir / "report.md")  # before the statistics and figures, not after
     md, html = write_report(args.out_dir, args.min_effect)
     log(f"Wrote {md} and {html}")
     return 0
@@ -225,6 +231,8 @@ def cmd_bench(args) -> int:
     bad = [p for p in pipelines if p not in PIPELINES]
     if bad or not pipelines:
         raise ArchbenchError(f"--pipelines {args.pipelines!r}: allowed values are {', '.join(PIPELINES)}")
+    if args.json:
+        check_writable(args.json)  # before minutes of timing, not after
     epochs = getattr(args, "epochs", BENCH_EPOCHS["cuda" if device.type == "cuda" else "other"])
     if device.type != "cuda":
         cfg = cfg.replace(train_subset=cfg.train_subset or BENCH_CPU_SUBSET,
@@ -256,9 +264,11 @@ def cmd_eval(args) -> int:
     from archbench.analysis.compare import by_model, evaluate_run, table_markdown, write_outputs
     from archbench.config import read_json
     from archbench.data.sources import load_cifar10
-    from archbench.train.runner import CONFIG_NAME, make_dir, take_subsets
+    from archbench.train.runner import CONFIG_NAME, take_subsets
     from archbench.train.training import resolve_device
 
+    if args.out:
+        check_writable(args.out / "comparison.md")
     subset = args.test_subset
     if subset is None:
         subsets = {read_json(d / CONFIG_NAME).test_subset for d in args.run_dirs}
@@ -277,7 +287,6 @@ def cmd_eval(args) -> int:
     for line in deltas:
         log(line)
     if args.out:
-        make_dir(args.out)
         write_outputs(args.out, results, args.run_dirs,
                       f"Evaluated on {len(data.y_test)} test images from {data.source}.", deltas)
     return 0
@@ -298,17 +307,21 @@ def _run_dirs(paths: list[Path]) -> list[Path]:
 
 
 def cmd_plot(args) -> int:
-    from archbench.analysis.compare import by_model
-    from archbench.analysis.plots import plot_overlay, plot_run, run_label
-    from archbench.train import history
+    from archbench.analysis.compare import MANIFEST_NAME, by_model, read_manifest
+    from archbench.analysis.plots import draw_run, plot_overlay, read_run
 
-    dirs = _run_dirs(args.paths)
-    for d in dirs:
-        log(" ".join(str(p) for p in plot_run(d)))
-    if len(dirs) > 1:
-        out = args.out or Path(os.path.commonpath([d.resolve() for d in dirs]))
-        groups = by_model([d for d in dirs if history.read(d)], key=run_label)
-        log(" ".join(str(p) for p in plot_overlay({m: [history.read(d) for d in ds] for m, ds in groups.items()}, out)))
+    if args.out:
+        check_writable(args.out / "overlay_loss.png")
+    runs = [read_run(d) for d in _run_dirs(args.paths)]  # every folder read before any figure is drawn
+    for run in runs:
+        log(" ".join(str(p) for p in draw_run(run)))
+    if len(runs) > 1:
+        out = args.out or Path(os.path.commonpath([r.dir.resolve() for r in runs]))
+        groups = by_model([r for r in runs if r.records], key=lambda r: r.label)
+        if (out / MANIFEST_NAME).is_file():  # a compare folder: keep its report's model order and colours
+            order = read_manifest(out).models
+            groups = dict(sorted(groups.items(), key=lambda g: order.index(g[0]) if g[0] in order else len(order)))
+        log(" ".join(str(p) for p in plot_overlay({m: [r.records for r in rs] for m, rs in groups.items()}, out)))
     return 0
 
 
@@ -317,16 +330,47 @@ COMMANDS = {"models": cmd_models, "train": cmd_train, "compare": cmd_compare, "r
             "plot": cmd_plot}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers and ``docker stop`` send), handled like Ctrl-C."""
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Turn the first SIGTERM into ``Terminated``, so pending checkpoint writes finish and
+    nothing half-written is left; later ones are ignored while that happens."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        with sigterm_as_interrupt():
+            return COMMANDS[args.command](args)
     except ArchbenchError as e:
         if args.debug:
             traceback.print_exc()
         print(f"archbench: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("archbench: interrupted; finished epochs are saved — rerun with --resume to continue",
-              file=sys.stderr)
-        return 130
+    except OSError as e:  # a file-system failure no narrower handler named (archbench's own are ArchbenchErrors)
+        if args.debug:
+            traceback.print_exc()
+        print(f"archbench: error: {os_error('access', e.filename or 'a file', e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"archbench: {what}; finished epochs are saved — rerun with --resume to continue", file=sys.stderr)
+        return code

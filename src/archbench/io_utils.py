@@ -1,37 +1,106 @@
-"""Crash-safe file writing: every file is written to a temp file and renamed into place.
+"""Files in and out: crash-safe writes, readable reads, one error message per kind of failure.
 
-A reader (or a resumed run) therefore sees either the old complete file or the new
-complete file, never a torn one; a failed write (disk full) leaves the old file intact.
+Every file is written to a temp file and renamed into place, so a reader (or a resumed
+run) sees either the old complete file or the new complete file, never a torn one; a
+failed write (disk full) leaves the old file intact. Files get the usual permissions
+(0666 less the umask), like any file the user's shell creates.
+
+Every operating-system failure of a read or a write becomes one ``ArchbenchError`` naming
+the path, the reason and the fix (``os_error``): a full disk, a read-only or unwritable
+folder, a name too long, a missing file, text that is not UTF-8, JSON that does not parse.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO, Any, Callable
 
 from archbench.errors import ArchbenchError
+
+# What a user can do about each kind of operating-system failure.
+_FIXES = {
+    errno.ENOSPC: "free disk space or choose another --out",
+    errno.EDQUOT: "free space within your disk quota or choose another --out",
+    errno.EROFS: "the file system is read-only; choose another --out",
+    errno.EACCES: "you lack permission there; choose another --out or fix the permissions",
+    errno.EPERM: "you lack permission there; choose another --out or fix the permissions",
+    errno.ENAMETOOLONG: "the path is too long; choose a shorter --out or name",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another --out",
+    errno.EISDIR: "a folder is in the way of the file; choose another path",
+}
+_DEFAULT_FIX = "check the path, its permissions and the free disk space"
+
+
+def os_error(action: str, path: Path | str, e: OSError, fix: str | None = None) -> ArchbenchError:
+    """One line for a failed ``action`` ("write", "read", "create the folder") on ``path``."""
+    reason = e.strerror or str(e) or type(e).__name__
+    return ArchbenchError(f"could not {action} {path}: {reason}; {fix or _FIXES.get(e.errno, _DEFAULT_FIX)}")
+
+
+def os_error_in(e: BaseException) -> OSError | None:
+    """The OSError behind ``e``: torch's serializer reports a failed write (disk full) as a
+    RuntimeError whose context is the file's OSError."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """Create ``path`` and its missing parents; returns the folders created, outermost first."""
+    path = Path(path)
+    lineage = [path, *path.parents][::-1]
+    blocker = next((p for p in lineage if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ArchbenchError(f"could not create the folder {path}: {blocker} is a file, not a folder; "
+                             f"{_FIXES[errno.ENOTDIR]}")
+    missing = [p for p in lineage if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error("create the folder", path, e) from e
+    return missing
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new hidden temp file beside ``path``, opened for writing with mode 0666 less the umask.
+
+    (``tempfile.mkstemp`` would make it 0600, and the rename would keep that.)
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temp file name", str(path))
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        make_dirs(path.parent)
+        fd, tmp = _create_temp(path)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
-        _remove_quietly(tmp)
-        raise ArchbenchError(
-            f"could not write {path}: {e.strerror or e}; free disk space or choose another --out "
-            f"(files already written are intact)") from e
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+    except BaseException as e:
+        if tmp is not None:
+            _remove_quietly(tmp)
+        cause = None if isinstance(e, (ArchbenchError, KeyboardInterrupt, SystemExit)) else os_error_in(e)
+        if cause is None:
+            raise
+        raise os_error("write", path, cause) from e
 
 
 def _remove_quietly(path: str) -> None:
@@ -53,3 +122,52 @@ def atomic_torch_save(path: Path, obj: object) -> None:
     import torch
 
     _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def check_writable(path: Path) -> None:
+    """Fail now, not after an hour of work, if ``path`` cannot be written (creates its folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ArchbenchError(f"could not write {path}: it is a folder; name a file")
+    created = make_dirs(path.parent)
+    try:
+        fd, tmp = _create_temp(path)
+        os.close(fd)
+        _remove_quietly(tmp)
+    except OSError as e:
+        raise os_error("write", path, e) from e
+    finally:
+        remove_empty_dirs(created)  # a probe leaves no trace; the real write makes them again
+
+
+def remove_empty_dirs(dirs: list[Path]) -> None:
+    """Undo ``make_dirs`` where nothing was written: innermost first, stopping at a non-empty one."""
+    for d in reversed(dirs):
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def read_text(path: Path, what: str, fix: str) -> str:
+    """A UTF-8 text file; ``what`` names it for the user ("the run's config"), ``fix`` says what to do."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ArchbenchError(f"{path}: {what} is missing; {fix}") from None
+    except UnicodeDecodeError as e:
+        raise ArchbenchError(f"{path}: {what} is not UTF-8 text (byte {e.start}); {fix}") from e
+    except OSError as e:
+        raise os_error("read", path, e, fix) from e
+
+
+def read_json(path: Path, what: str, fix: str) -> Any:
+    """A JSON file (``read_text`` rules); NaN and Infinity, which Python writes, are accepted."""
+    text = read_text(path, what, fix)
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        raise ArchbenchError(f"{path}: {what} is not valid JSON ({e}); {fix}") from e
+    except RecursionError:
+        raise ArchbenchError(f"{path}: {what} is nested too deeply to be JSON archbench wrote; {fix}") from None

@@ -134,6 +134,8 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device,
     correct = torch.zeros((), dtype=torch.long, device=device)
     loss_sum_x = torch.zeros((), device=device)
     correct_x = torch.zeros((), dtype=torch.long, device=device)
+    # A logit of -inf leaves the loss finite, yet the weights have diverged all the same.
+    nonfinite = torch.zeros((), dtype=torch.long, device=device)
     kept: dict[str, list[torch.Tensor]] = {"logits": [], "loss": [], "pred": []}
     n = 0
     for x, y in batches:
@@ -145,6 +147,7 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device,
         hits = pred == y
         loss_sum += losses.sum()
         correct += hits.sum()
+        nonfinite += (~torch.isfinite(logits)).any(1).sum()
         if exact is not None:
             # Masking by where/and keeps the pass on the device: indexing with a boolean
             # mask must first count the mask on the host, a sync per batch.
@@ -158,7 +161,8 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device,
         n += y.shape[0]
     if n == 0:
         raise ValueError("evaluate got no batches")
-    out = {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n, "images": n}
+    out = {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n, "images": n,
+           "nonfinite_logits": int(nonfinite.item())}
     if exact is not None:
         n_x = int(exact[:n].sum())
         out.update(loss_exact=loss_sum_x.item() / max(n_x, 1),

@@ -18,12 +18,14 @@ import torch
 
 from archbench.train import checkpoint, divergence, gradflow, history
 from archbench.config import Config, protocol_mismatch, resolve, write_json
+from archbench.data import fingerprint
 from archbench.data.pipelines import build_pipeline, num_batches
 from archbench.data.sources import NUM_CLASSES, Cifar10, load_cifar10
 from archbench.data.subsets import balanced_indices, stratified_holdout
 from archbench.train.engine import Tally, evaluate, train_one_epoch
 from archbench.train.epoch_writer import EpochFiles, EpochWriter, host_copy
 from archbench.errors import ArchbenchError, DivergenceError
+from archbench.io_utils import make_dirs, remove_empty_dirs
 from archbench.train.gradflow import GradFlow
 from archbench.train.lock import run_lock
 from archbench.models import count_parameters
@@ -75,14 +77,7 @@ class RunState:
     best_epoch: int
     records: list[dict]
     gradflow: list[list[float]] = field(default_factory=list)  # rows of gradflow.csv
-
-
-def make_dir(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ArchbenchError(f"cannot create the output folder {path} ({e.strerror}); choose another "
-                             f"--out") from e
+    data: dict[str, str] | None = None  # fingerprint of the data trained on (None: not recorded)
 
 
 def remove_stale_temp_files(run_dir: Path) -> None:
@@ -132,16 +127,32 @@ class Run:
         adopt_optimizer_impl(opt, self.device)
         checkpoint.set_rng_state(ckpt["rng"])
         return RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], list(ckpt["history"]),
-                        gradflow.current_rows(list(ckpt.get("gradflow", [])), model))
+                        gradflow.current_rows(list(ckpt.get("gradflow", [])), model), ckpt.get("data"))
+
+    def check_data(self, state: RunState, data: Cifar10) -> dict[str, str]:
+        """The fingerprint of ``data``, after refusing it if the run's epochs saw other images."""
+        now = fingerprint.fingerprint(data)
+        if isinstance(state.data, dict):
+            differ = fingerprint.differences(state.data, now)
+            if differ:
+                raise ArchbenchError(
+                    f"{self.run_dir} was trained on other data ({' and '.join(differ)} differ): "
+                    f"{fingerprint.describe(state.data)} then, {fingerprint.describe(now)} now; pass the "
+                    f"run's data with --data-dir, or choose another --out")
+        return now
 
     # -- training ------------------------------------------------------------
 
     def train(self, data_fn: Callable[[], Cifar10], resume: bool = False) -> RunState:
         """Train (or continue, or reuse) the run; ``data_fn`` is only called if there is work."""
-        make_dir(self.run_dir)
-        with run_lock(self.run_dir):
-            remove_stale_temp_files(self.run_dir)
-            return self._train_locked(data_fn, resume)
+        created = make_dirs(self.run_dir)
+        try:
+            with run_lock(self.run_dir):
+                remove_stale_temp_files(self.run_dir)
+                return self._train_locked(data_fn, resume)
+        except BaseException:
+            remove_empty_dirs(created)  # a run that failed before writing anything leaves no folders
+            raise
 
     def _train_locked(self, data_fn: Callable[[], Cifar10], resume: bool) -> RunState:
         cfg = self.cfg
@@ -156,6 +167,7 @@ class Run:
                      f"({state.epoch} epochs, best val {state.best_acc:.2f}%); reusing it")
             return state
         data = data_fn()  # before writing anything: bad data leaves no half-made run behind
+        state.data = self.check_data(state, data)
         if cfg.val_split:
             data = hold_out_validation(data, cfg.val_split, cfg.seed)
         history.sync(self.run_dir, state.records)
@@ -214,7 +226,7 @@ class Run:
             "model_name": cfg.model, "model": snap["model"], "optimizer": snap["optimizer"],
             "epoch": epoch, "best_acc": state.best_acc, "best_epoch": state.best_epoch,
             "rng": checkpoint.rng_state(), "config": cfg.to_dict(), "history": list(state.records),
-            "gradflow": list(state.gradflow),
+            "gradflow": list(state.gradflow), "data": state.data,
             "schedule": {"kind": "multistep", "base_lr": cfg.lr,
                          "milestones": list(cfg.milestones), "gamma": cfg.gamma}}
         writer.submit(EpochFiles(last, [record], best))
@@ -241,6 +253,9 @@ class Run:
         ev = evaluate(model, batches, self.device, exact, cfg.precision)
         if not math.isfinite(ev["loss"]):
             raise self._diverged(epoch + 1, f"the validation loss is {ev['loss']} (non-finite)", None)
+        if ev["nonfinite_logits"]:
+            raise self._diverged(epoch + 1, f"{ev['nonfinite_logits']} validation images got non-finite logits",
+                                 None)
         return {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
                 "val_loss": ev["loss"], "val_acc": ev["acc"], "val_acc_exact": ev.get("acc_exact"),
                 "train_seconds": tr["seconds"], "eval_seconds": ev["seconds"],
