@@ -201,7 +201,7 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
     p = run(blocker / "out")
     assert p.returncode == 1 and p.stderr.count("\n") == 1
     assert "could not create the folder" in p.stderr and "a part of the path is a file" in p.stderr
-    assert "choose another --out" in p.stderr
+    assert "choose another path" in p.stderr
 
 
 @needs_sample
@@ -392,16 +392,22 @@ def test_read_only_output_is_one_line_for_every_writing_command_and_bench_fails_
     for tag in commands:
         code, out, err = _result(logs, tag)
         assert code == 1 and _one_line(err), (tag, err)
-        assert "Read-only file system; the file system is read-only; choose another --out" in err, (tag, err)
+        assert "Read-only file system; write to a writable place (e.g. another --out)" in err, (tag, err)
     assert "bench:" not in _result(logs, "bench")[1], "bench timed the models before checking --json"
     assert sorted((logs / "run.ls").read_text().split()) == sorted(f.name for f in uninterrupted.iterdir())
 
 
 def test_names_beyond_the_file_system_limits_are_one_line(tmp_path, capsys):
-    for out in (tmp_path / ("n" * 300), tmp_path.joinpath(*["d" * 200] * 25)):  # NAME_MAX, PATH_MAX
+    for out in (tmp_path / "new" / ("n" * 300), tmp_path.joinpath("new", *["d" * 200] * 25)):  # NAME_MAX, PATH_MAX
         code, _, err = _main(capsys, "train", "resnet18", "--epochs", "1", "--out", str(out))
         assert code == 1 and _one_line(err), err
-        assert "File name too long; the path is too long; choose a shorter --out" in err
+        assert "File name too long; choose a shorter path or name" in err
+        assert not (tmp_path / "new").exists(), "a failed start left folders behind"
+    name = "b" * 250 + ".json"  # a legal name, though its temp file's would not be
+    from archbench.io_utils import atomic_write_text
+
+    atomic_write_text(tmp_path / name, "{}")
+    assert (tmp_path / name).read_text() == "{}" and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_unwritable_json_or_out_of_bench_eval_and_plot_fail_before_any_work(tmp_path, capsys):
@@ -457,6 +463,7 @@ def test_zero_byte_checkpoints_are_called_damaged(tmp_path, uninterrupted, capsy
     assert f"checkpoint {d / 'last.pt'} is unreadable (EOFError; 0 bytes); it is truncated or damaged" in err
     code, _, err = _main(capsys, "eval", str(d), "--data-dir", str(SAMPLE_DIR), "--device", "cpu")
     assert code == 1 and _one_line(err) and f"{d / 'best.pt'} is unreadable" in err, err
+    assert "delete the run folder (or best.pt and last.pt) to train the run again" in err  # not just best.pt
     assert _snapshot(d) == before
 
 
@@ -470,6 +477,19 @@ def test_a_checkpoint_with_missing_or_mistyped_fields_is_refused(tmp_path, unint
         code, _, err = _main(capsys, *ARGS, "--out", str(tmp_path / "out"), "--resume")
         assert code == 1 and _one_line(err), err
         assert f"last.pt: field {field!r} should be" in err and "damaged" in err
+    three = {**good, "epoch": 3, "history": good["history"][:3]}  # a run to continue
+    for change, message in (
+            ({"history": [{}] * 3}, "history record 1: field 'epoch' is missing"),
+            ({"epoch": 10 ** 30}, "but 3 history records"),
+            ({"epoch": 7, "history": [{**r, "epoch": n} for n, r in enumerate(good["history"] * 2, 1)][:7]},
+             "epoch 7 of a run planned for 4"),
+            ({"best_acc": float("nan")}, "with accuracy nan"),
+            ({"data": "zzz"}, "field 'data' should be the fingerprint"),
+            ({"optimizer": {"state": {}, "param_groups": []}}, "its optimizer state does not fit the model")):
+        torch.save({**three, **change}, d / "last.pt")
+        code, _, err = _main(capsys, *ARGS, "--out", str(tmp_path / "out"), "--resume")
+        assert code == 1 and _one_line(err) and message in err, (change.keys(), err)
+        assert "damaged — delete it to start the run again" in err
 
 
 def test_a_failed_start_leaves_no_folder_and_no_lock_behind(tmp_path, capsys):
@@ -496,11 +516,13 @@ def test_a_run_is_only_continued_or_reused_on_the_data_it_started_with(tmp_path,
     assert _snapshot(d) == before  # config.json still records what the first epoch saw
     reused = tmp_path / "reused"
     shutil.copytree(uninterrupted, reused / "resnet18")
-    compare = ["compare", "resnet18", *ARGS[2:-2], "--data-dir", str(other), "--no-verify-data", "--out", str(reused)]
+    compare = ["compare", "plain18", "resnet18", *ARGS[2:-2], "--data-dir", str(other), "--no-verify-data",
+               "--out", str(reused)]
     before = _snapshot(reused / "resnet18")
     code, _, err = _main(capsys, *compare)
-    assert code == 1 and _one_line(err) and "was trained on other data" in err, err
+    assert code == 1 and _one_line(err) and "resnet18 was trained on other data" in err, err
     assert _snapshot(reused / "resnet18") == before
+    assert not (reused / "plain18").exists(), "a model was trained before the reused run's data was checked"
 
 
 @needs_sample
@@ -512,3 +534,14 @@ def test_vgg_with_batch_size_1_diverges_in_validation_and_exits_1(tmp_path, caps
     assert code == 1 and _one_line(err), err
     assert "[vgg19_bn] epoch 1: the validation loss is nan (non-finite); the run stopped" in err
     assert json.loads((tmp_path / "vgg19_bn" / "divergence.json").read_text())["epoch"] == 1
+
+
+@needs_sample
+def test_a_closed_output_pipe_stops_with_one_line_not_a_file_error(uninterrupted, tmp_path):
+    run_dir = tmp_path / "r"
+    shutil.copytree(uninterrupted, run_dir)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    p = subprocess.run(f"{sys.executable} -m archbench plot {run_dir} | true", shell=True, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.stderr in ("", "archbench: stopped: the program reading its output exited\n"), p.stderr
+    assert "could not access" not in p.stderr and "Traceback" not in p.stderr

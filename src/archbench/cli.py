@@ -166,6 +166,7 @@ def cmd_compare(args) -> int:
     from archbench.analysis.evidence import accuracy_evidence, accuracy_line, load
     from archbench.analysis.plots import plot_run
     from archbench.analysis.report import write_report
+    from archbench.data.fingerprint import fingerprint
     from archbench.errors import DivergenceError
     from archbench.train.runner import Run
 
@@ -179,9 +180,14 @@ def cmd_compare(args) -> int:
             Run(cfg.replace(model=m, seed=seed), out / m / f"seed{seed}", log)
             for m in args.models for seed in (args.seeds or [None])]
     data = _data_loader(cfg)
+    recorded = [run.recorded_data() for run in runs]  # every run on these images, before any trains
+    if any(r is not None for r in recorded):
+        now = fingerprint(data())
+        for run, fp in zip(runs, recorded):
+            run.refuse_other_data(fp, now)
     for run in runs:  # a finished run is reused, an unfinished one resumed, a diverged one counted
         try:
-            run.check_data(run.train(data, resume=True), data())  # a reused run must have seen these images
+            run.train(data, resume=True)
         except DivergenceError as e:
             log(f"{e}\n[{run.cfg.model}] divergence recorded as this run's outcome; the comparison goes on")
         plot_run(run.run_dir)
@@ -365,10 +371,16 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"archbench: error: {e}", file=sys.stderr)
         return 1
-    except OSError as e:  # a file-system failure no narrower handler named (archbench's own are ArchbenchErrors)
-        if args.debug:
+    except BrokenPipeError:  # the reader of stdout went away (`archbench ... | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail too
+        print("archbench: stopped: the program reading its output exited", file=sys.stderr)
+        return 141
+    except OSError as e:
+        if e.filename is None:  # not about a file: a bug, keep the traceback
+            raise
+        if args.debug:  # a file-system failure no narrower handler named
             traceback.print_exc()
-        print(f"archbench: error: {os_error('access', e.filename or 'a file', e)}", file=sys.stderr)
+        print(f"archbench: error: {os_error('access', e.filename, e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)

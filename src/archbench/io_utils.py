@@ -22,14 +22,15 @@ from typing import IO, Any, Callable
 from archbench.errors import ArchbenchError
 
 # What a user can do about each kind of operating-system failure.
+# Output paths come from --out, --json and the like; the fixes name no particular flag.
 _FIXES = {
-    errno.ENOSPC: "free disk space or choose another --out",
-    errno.EDQUOT: "free space within your disk quota or choose another --out",
-    errno.EROFS: "the file system is read-only; choose another --out",
-    errno.EACCES: "you lack permission there; choose another --out or fix the permissions",
-    errno.EPERM: "you lack permission there; choose another --out or fix the permissions",
-    errno.ENAMETOOLONG: "the path is too long; choose a shorter --out or name",
-    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another --out",
+    errno.ENOSPC: "free disk space or write to another place",
+    errno.EDQUOT: "free space within your disk quota or write to another place",
+    errno.EROFS: "write to a writable place (e.g. another --out)",
+    errno.EACCES: "fix the permissions or write to another place",
+    errno.EPERM: "fix the permissions or write to another place",
+    errno.ENAMETOOLONG: "choose a shorter path or name",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
     errno.EISDIR: "a folder is in the way of the file; choose another path",
 }
 _DEFAULT_FIX = "check the path, its permissions and the free disk space"
@@ -56,17 +57,31 @@ def os_error_in(e: BaseException) -> OSError | None:
 def make_dirs(path: Path) -> list[Path]:
     """Create ``path`` and its missing parents; returns the folders created, outermost first."""
     path = Path(path)
-    lineage = [path, *path.parents][::-1]
-    blocker = next((p for p in lineage if p.exists() and not p.is_dir()), None)
-    if blocker is not None:
-        raise ArchbenchError(f"could not create the folder {path}: {blocker} is a file, not a folder; "
-                             f"{_FIXES[errno.ENOTDIR]}")
-    missing = [p for p in lineage if not p.exists()]
+    created: list[Path] = []
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise os_error("create the folder", path, e) from e
-    return missing
+        for p in [path, *path.parents][::-1]:
+            if p.is_dir():
+                continue
+            if p.exists():
+                raise ArchbenchError(f"could not create the folder {path}: {p} is a file, not a folder; "
+                                     f"{_FIXES[errno.ENOTDIR]}")
+            try:
+                p.mkdir()
+            except FileExistsError:  # made meanwhile by another process: fine if it is a folder
+                if not p.is_dir():
+                    raise
+                continue
+            created.append(p)
+    except BaseException as e:
+        remove_empty_dirs(created)  # a failure half-way leaves no empty folders behind
+        if isinstance(e, OSError):
+            raise os_error("create the folder", path, e) from e
+        raise
+    return created
+
+
+# A temp name adds 14 bytes to the file's; beyond this the file's name is cut (255 bytes is the usual limit).
+TEMP_STEM_BYTES = 200
 
 
 def _create_temp(path: Path) -> tuple[int, str]:
@@ -74,8 +89,9 @@ def _create_temp(path: Path) -> tuple[int, str]:
 
     (``tempfile.mkstemp`` would make it 0600, and the rename would keep that.)
     """
+    stem = path.name if len(path.name.encode()) <= TEMP_STEM_BYTES else path.name[:TEMP_STEM_BYTES // 4]
     for _ in range(100):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        tmp = path.parent / f".{stem}.{secrets.token_hex(4)}.tmp"
         try:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
         except FileExistsError:

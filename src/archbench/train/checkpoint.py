@@ -38,23 +38,54 @@ def save(path: Path, payload: dict[str, Any]) -> None:
     atomic_torch_save(path, {"format": FORMAT, **payload})
 
 
-def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """A checked checkpoint; ``mmap`` maps the tensors instead of reading them (for a quick look)."""
     path = Path(path)
     if not path.is_file():
         raise ArchbenchError(f"checkpoint {path} not found; train the run first (archbench train/compare)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except OSError as e:
         raise os_error("read", path, e, "check the file's permissions") from e
     except Exception as e:  # torch raises several types for truncated/garbled files
         detail = next(iter(str(e).splitlines()), "")[:200]
         raise ArchbenchError(
             f"checkpoint {path} is unreadable ({type(e).__name__}{': ' + detail if detail else ''}; "
-            f"{path.stat().st_size} bytes); it is truncated or damaged — delete it to start the run again") from e
+            f"{path.stat().st_size} bytes); it is truncated or damaged — {damaged_fix(path)}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ArchbenchError(f"checkpoint {path} is not an archbench checkpoint of format {FORMAT}")
     _check_layout(ckpt, path, LAYOUT[LAST] if path.name == LAST else LAYOUT[BEST])
+    if path.name == LAST:
+        _check_progress(ckpt, path)
     return ckpt
+
+
+def damaged_fix(path: Path) -> str:
+    """What to do about a damaged checkpoint: last.pt can be started over, best.pt only with its run."""
+    if Path(path).name == LAST:
+        return "delete it to start the run again"
+    return "delete the run folder (or best.pt and last.pt) to train the run again"
+
+
+def _check_progress(ckpt: dict[str, Any], path: Path) -> None:
+    """last.pt's counters agree with each other and with the history it carries."""
+    from archbench.train import history
+
+    def refuse(problem: str) -> ArchbenchError:
+        return ArchbenchError(f"checkpoint {path}: {problem}; the file is damaged — {damaged_fix(path)}")
+
+    history.check_records(ckpt["history"], f"checkpoint {path}: history", f"the file is damaged — {damaged_fix(path)}")
+    epoch, planned = ckpt["epoch"], ckpt["config"].get("epochs")
+    if epoch != len(ckpt["history"]):
+        raise refuse(f"epoch {epoch} but {len(ckpt['history'])} history records")
+    if isinstance(planned, int) and epoch > planned:
+        raise refuse(f"epoch {epoch} of a run planned for {planned}")
+    if not (ckpt["best_epoch"] <= epoch and (-1 <= ckpt["best_acc"] <= 100)):
+        raise refuse(f"best epoch {ckpt['best_epoch']} with accuracy {ckpt['best_acc']} after epoch {epoch}")
+    data = ckpt.get("data")
+    if data is not None and not (isinstance(data, dict) and all(isinstance(data.get(k), str)
+                                                                 for k in ("train", "test", "source"))):
+        raise refuse("field 'data' should be the fingerprint of the data it trained on")
 
 
 def _is_tensor_dict(v: Any) -> bool:
@@ -88,7 +119,7 @@ def _check_layout(ckpt: dict[str, Any], path: Path, fields: tuple[str, ...]) -> 
         if name not in ckpt or not ok(ckpt[name]):
             found = "missing" if name not in ckpt else f"a {type(ckpt[name]).__name__}"
             raise ArchbenchError(f"checkpoint {path}: field {name!r} should be {what} but is {found}; the file is "
-                                 f"damaged or not archbench's — delete it to start the run again")
+                                 f"damaged or not archbench's — {damaged_fix(path)}")
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, model_name: str) -> None:

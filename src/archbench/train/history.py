@@ -81,13 +81,18 @@ SCHEMA = {"epoch": integer(1), "lr": number(positive=True), "train_loss": number
 FIX = "resume the run (archbench train MODEL --resume, or compare again) to rewrite it from the checkpoint"
 
 
-def _record(data: object, where: str, epoch: int, noun: str) -> dict:
+def _record(data: object, where: str, epoch: int, noun: str, fix: str = FIX) -> dict:
     """One checked record, with exactly the fields of ``SCHEMA`` (others are ignored)."""
-    fields = Fields(data, where, FIX, noun=noun)
+    fields = Fields(data, where, fix, noun=noun)
     record = {k: fields.get(k, kind) for k, kind in SCHEMA.items()}
     fields.require(record["epoch"] == epoch, f"{noun} 'epoch' is {record['epoch']}, expected {epoch} "
                                              f"(epochs are recorded 1, 2, 3, ... once each)")
     return record
+
+
+def check_records(records: list, where: str, fix: str) -> list[dict]:
+    """Records kept elsewhere (a checkpoint's copy of the history), held to the files' rules."""
+    return [_record(r, f"{where} record {n}", n, "field", fix) for n, r in enumerate(records, start=1)]
 
 
 def _read_jsonl(path: Path) -> list[dict]:

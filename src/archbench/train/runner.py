@@ -123,7 +123,11 @@ class Run:
             raise ArchbenchError(f"{self.run_dir} holds a run with another protocol ({'; '.join(diffs)}); "
                                  f"choose another --out or delete that folder")
         checkpoint.load_weights(model, ckpt["model"], path, self.cfg.model)
-        opt.load_state_dict(ckpt["optimizer"])
+        try:
+            opt.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, TypeError, IndexError) as e:  # torch's ways of saying "does not fit"
+            raise ArchbenchError(f"checkpoint {path}: its optimizer state does not fit the model ({e}); the file "
+                                 f"is damaged — {checkpoint.damaged_fix(path)}") from e
         adopt_optimizer_impl(opt, self.device)
         checkpoint.set_rng_state(ckpt["rng"])
         return RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], list(ckpt["history"]),
@@ -132,14 +136,22 @@ class Run:
     def check_data(self, state: RunState, data: Cifar10) -> dict[str, str]:
         """The fingerprint of ``data``, after refusing it if the run's epochs saw other images."""
         now = fingerprint.fingerprint(data)
-        if isinstance(state.data, dict):
-            differ = fingerprint.differences(state.data, now)
-            if differ:
-                raise ArchbenchError(
-                    f"{self.run_dir} was trained on other data ({' and '.join(differ)} differ): "
-                    f"{fingerprint.describe(state.data)} then, {fingerprint.describe(now)} now; pass the "
-                    f"run's data with --data-dir, or choose another --out")
+        self.refuse_other_data(state.data, now)
         return now
+
+    def refuse_other_data(self, recorded: dict[str, str] | None, now: dict[str, str]) -> None:
+        """Raise if the run recorded other data than ``now`` (older runs recorded none)."""
+        differ = [] if recorded is None else fingerprint.differences(recorded, now)
+        if differ:
+            raise ArchbenchError(
+                f"{self.run_dir} was trained on other data ({' and '.join(differ)} differ): "
+                f"{fingerprint.describe(recorded)} then, {fingerprint.describe(now)} now; pass the "
+                f"run's data with --data-dir, or choose another --out")
+
+    def recorded_data(self) -> dict[str, str] | None:
+        """The data fingerprint in the run's last.pt, read without loading its tensors (None: no run yet)."""
+        path = self.run_dir / checkpoint.LAST
+        return checkpoint.load(path, "cpu", mmap=True).get("data") if path.exists() else None
 
     # -- training ------------------------------------------------------------
 
