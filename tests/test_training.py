@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -102,11 +103,32 @@ def test_resume_rebuilds_history_from_checkpoint(tmp_path):
     d = tmp_path / "r"
     _train(d, _cfg(epochs=1))
     history.append_record(d, history.read(d)[0])  # as if epoch 1's row got written twice
-    # A longer protocol is refused; the same one resumes and rewrites history from last.pt.
-    with pytest.raises(ArchbenchError, match="another protocol .*epochs: 1 in the run folder vs 2 now"):
-        _train(d, _cfg(epochs=2), resume=True)
-    _train(d, _cfg(epochs=1), resume=True)
+    _train(d, _cfg(epochs=1), resume=True)  # the same protocol resumes and rewrites history from last.pt
     assert [r["epoch"] for r in history.read(d)] == [1]
+
+
+@pytest.mark.parametrize("pipeline", ["fast", "reference"])
+def test_extending_a_finished_run_equals_training_the_longer_run_straight(tmp_path, pipeline):
+    cfg = _cfg(pipeline=pipeline, workers=0, milestones=(2,))
+    straight, extended = tmp_path / "straight", tmp_path / "extended"
+    _train(straight, cfg.replace(epochs=3))
+    _train(extended, cfg.replace(epochs=2))
+    torch.manual_seed(12345)  # a later process starts from an unrelated RNG state
+    state = _train(extended, cfg.replace(epochs=3), resume=True)
+    assert state.epoch == 3 and _numbers(extended) == _numbers(straight)
+    for name in ("last.pt", "best.pt"):
+        _assert_same_weights(_weights(extended, name), _weights(straight, name))
+    assert json.loads((extended / "config.json").read_text())["epochs"] == 3
+
+
+def test_fewer_epochs_or_a_change_to_finished_epochs_is_refused_by_name(tmp_path):
+    d = tmp_path / "r"
+    _train(d, _cfg(epochs=2, milestones=(2,)))
+    for change, named in (({"epochs": 1}, "epochs: 2 in the run folder vs 1 now"),
+                          ({"epochs": 3, "milestones": (1,)}, "milestones: [2] in the run folder vs [1] now"),
+                          ({"epochs": 3, "batch_size": 8}, "batch_size: 16 in the run folder vs 8 now")):
+        with pytest.raises(ArchbenchError, match=re.escape(named)):
+            _train(d, _cfg(**{"epochs": 2, "milestones": (2,), **change}), resume=True)
 
 
 def test_existing_run_needs_resume_and_finished_run_is_reused(tmp_path):

@@ -235,14 +235,21 @@ def protocol(cfg: Config) -> dict[str, Any]:
     return {k: d[k] for k in PROTOCOL_FIELDS}
 
 
-def protocol_mismatch(saved: Mapping[str, Any], cfg: Config) -> list[str]:
-    """Names and values of protocol fields where a saved config and ``cfg`` differ."""
+def protocol_mismatch(saved: Mapping[str, Any], cfg: Config, extending: bool = False) -> list[str]:
+    """Names and values of protocol fields where a saved config and ``cfg`` differ.
+
+    With ``extending``, more epochs than saved is no difference: the epochs already finished
+    are the first ones of the longer run (the schedule and data order depend on the epoch
+    alone), so continuing them equals training the longer run from the start.
+    """
     now = protocol(cfg)
     diffs = []
     for k in PROTOCOL_FIELDS:
         old = saved.get(k)
         if k == "milestones" and old is not None:
             old = list(old)
+        if k == "epochs" and extending and isinstance(old, int) and old <= now[k]:
+            continue
         if old != now[k]:
             diffs.append(f"{k}: {old!r} in the run folder vs {now[k]!r} now")
     return diffs

@@ -42,7 +42,7 @@ def refuse_retraining(run_dir: Path, cfg: Config) -> None:
     record = read(run_dir)
     if record is None:
         return
-    diffs = protocol_mismatch(record["config"], cfg)
+    diffs = protocol_mismatch(record["config"], cfg, extending=True)  # more epochs do not undo a divergence
     if diffs:
         raise ArchbenchError(f"{run_dir} holds a diverged run with another protocol ({'; '.join(diffs)}); "
                              f"choose another --out or delete that folder")

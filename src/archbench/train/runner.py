@@ -118,7 +118,7 @@ class Run:
         if ckpt.get("model_name") != self.cfg.model:
             raise ArchbenchError(f"checkpoint {path} is for model {ckpt.get('model_name')!r}, not "
                                  f"{self.cfg.model!r}; choose another --out")
-        diffs = protocol_mismatch(ckpt.get("config", {}), self.cfg)
+        diffs = protocol_mismatch(ckpt.get("config", {}), self.cfg, extending=True)
         if diffs:
             raise ArchbenchError(f"{self.run_dir} holds a run with another protocol ({'; '.join(diffs)}); "
                                  f"choose another --out or delete that folder")
