@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from archbench.errors import ArchbenchError
-from archbench.io_utils import atomic_write_text, read_text
+from archbench.io_utils import atomic_write_text, os_error, read_text
 from archbench.schema import PERCENT, Fields, integer, number, or_null, parse_cell
 
 FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc_exact",
@@ -44,9 +44,8 @@ def _append(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-    except OSError as e:
-        raise ArchbenchError(f"could not append to {path}: {e.strerror}; free disk space or choose "
-                             f"another --out (earlier epochs are kept in the checkpoint)") from e
+    except OSError as e:  # earlier epochs stay in the checkpoint; the next start rewrites the file from it
+        raise os_error("append to", path, e) from e
 
 
 def append_record(run_dir: Path, record: dict) -> None:
