@@ -22,7 +22,8 @@ import tempfile
 from pathlib import Path
 
 CHROMIUM: str | None = next(
-    (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None)
+    (p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
 
 # Inspection lays the page out at the same width as a default screenshot, so that the
 # measured positions match what a person sees in the picture.
@@ -35,9 +36,18 @@ INSPECT_WINDOW = (1200, 3000)
 # --disable-dev-shm-usage: containers often have a tiny /dev/shm, where Chromium crashes;
 # Debian's launcher is meant to add it then, but its check breaks when findmnt prints
 # more than one line, so we do not rely on it.
-_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-          "--disable-dev-shm-usage", "--hide-scrollbars")
+_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+)
 
 _MARK = "__inspect__"
 
@@ -88,15 +98,17 @@ def _run(args: list[str], timeout_s: float) -> subprocess.CompletedProcess:
         cmd = [CHROMIUM, *_FLAGS, f"--user-data-dir={profile}", *args]
         # Own session: Chromium forks renderer/GPU/zygote helpers, and a timeout must
         # take them all down, not only the launcher script.
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, errors="replace", start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace", start_new_session=True
+        )
         try:
             out, err = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
-            raise RuntimeError(f"Chromium did not finish within {timeout_s:g} s: {' '.join(cmd)}\n"
-                               f"{_stderr_tail(err)}") from None
+            raise RuntimeError(
+                f"Chromium did not finish within {timeout_s:g} s: {' '.join(cmd)}\n{_stderr_tail(err)}"
+            ) from None
         finally:
             # Helpers may outlive the browser process for a moment; none should linger.
             try:
@@ -128,12 +140,16 @@ def inspect_page(html_path: Path, selector: str, timeout_s: float = 60) -> dict:
         copy.write_text(page, encoding="utf-8")
         # The virtual-time budget lets the page settle (load, decode, layout) without
         # waiting in real time; --dump-dom then prints the DOM as it stands.
-        done = _run(["--dump-dom", "--virtual-time-budget=10000",
-                     "--window-size={},{}".format(*INSPECT_WINDOW), copy.as_uri()], timeout_s)
+        done = _run(
+            ["--dump-dom", "--virtual-time-budget=10000", "--window-size={},{}".format(*INSPECT_WINDOW), copy.as_uri()],
+            timeout_s,
+        )
     m = re.search(rf'<pre id="{_MARK}">(.*?)</pre>', done.stdout, re.S)
     if done.returncode != 0 or m is None:
-        raise RuntimeError(f"Chromium returned no inspection result for {html_path} "
-                           f"(exit status {done.returncode}):\n{_stderr_tail(done.stderr)}")
+        raise RuntimeError(
+            f"Chromium returned no inspection result for {html_path} "
+            f"(exit status {done.returncode}):\n{_stderr_tail(done.stderr)}"
+        )
     result = json.loads(html.unescape(m.group(1)))
     if "error" in result:
         raise RuntimeError(f"inspection script failed on {html_path}: {result['error']}")
@@ -146,14 +162,21 @@ def inspect_page(html_path: Path, selector: str, timeout_s: float = 60) -> dict:
     return result
 
 
-def screenshot(html_path: Path, png_path: Path, width: int = 1200, height: int = 3000,
-               timeout_s: float = 60) -> Path:
+def screenshot(html_path: Path, png_path: Path, width: int = 1200, height: int = 3000, timeout_s: float = 60) -> Path:
     """Render `html_path` into a width x height PNG at `png_path` (for people to look at)."""
     png_path = Path(png_path).resolve()
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    done = _run([f"--screenshot={png_path}", f"--window-size={width},{height}",
-                 "--virtual-time-budget=10000", Path(html_path).resolve().as_uri()], timeout_s)
+    done = _run(
+        [
+            f"--screenshot={png_path}",
+            f"--window-size={width},{height}",
+            "--virtual-time-budget=10000",
+            Path(html_path).resolve().as_uri(),
+        ],
+        timeout_s,
+    )
     if done.returncode != 0 or not png_path.is_file():
-        raise RuntimeError(f"Chromium wrote no screenshot of {html_path} "
-                           f"(exit status {done.returncode}):\n{_stderr_tail(done.stderr)}")
+        raise RuntimeError(
+            f"Chromium wrote no screenshot of {html_path} (exit status {done.returncode}):\n{_stderr_tail(done.stderr)}"
+        )
     return png_path

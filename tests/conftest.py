@@ -17,10 +17,12 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SAMPLE_DIR = SHARED_DATA / "cifar10-sample"
 REAL_DIR = SHARED_DATA / "cifar10"
 
-needs_sample = pytest.mark.skipif(not SAMPLE_DIR.is_dir(),
-                                  reason=f"CIFAR-10 sample not found at {SAMPLE_DIR} (../shared is absent)")
-needs_real = pytest.mark.skipif(not REAL_DIR.is_dir(),
-                                reason=f"real CIFAR-10 not found at {REAL_DIR} (../shared is absent)")
+needs_sample = pytest.mark.skipif(
+    not SAMPLE_DIR.is_dir(), reason=f"CIFAR-10 sample not found at {SAMPLE_DIR} (../shared is absent)"
+)
+needs_real = pytest.mark.skipif(
+    not REAL_DIR.is_dir(), reason=f"real CIFAR-10 not found at {REAL_DIR} (../shared is absent)"
+)
 
 
 def synthetic(n_train: int = 60, n_test: int = 20, seed: int = 0, exact_every: int | None = None) -> Cifar10:
@@ -30,10 +32,14 @@ def synthetic(n_train: int = 60, n_test: int = 20, seed: int = 0, exact_every: i
     if exact_every:
         exact = np.ones(n_test, bool)
         exact[::exact_every] = False
-    return Cifar10(rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
-                   np.arange(n_train, dtype=np.int64) % 10,
-                   rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
-                   np.arange(n_test, dtype=np.int64) % 10, exact, "synthetic")
+    return Cifar10(
+        rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+        np.arange(n_train, dtype=np.int64) % 10,
+        rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+        np.arange(n_test, dtype=np.int64) % 10,
+        exact,
+        "synthetic",
+    )
 
 
 @pytest.fixture
@@ -44,16 +50,26 @@ def tiny_data() -> Cifar10:
 def batch_pickle(x_hwc: np.ndarray, y: np.ndarray) -> bytes:
     """One batch in the official python format: CHW-planar rows, list of int labels."""
     data = x_hwc.transpose(0, 3, 1, 2).reshape(len(x_hwc), -1)
-    return pickle.dumps({"batch_label": "fake", "labels": [int(v) for v in y], "data": data,
-                         "filenames": [f"{i}.png" for i in range(len(y))]}, protocol=2)
+    return pickle.dumps(
+        {
+            "batch_label": "fake",
+            "labels": [int(v) for v in y],
+            "data": data,
+            "filenames": [f"{i}.png" for i in range(len(y))],
+        },
+        protocol=2,
+    )
 
 
 def make_official(root: Path, per_batch: int = 20, archive: bool = False, seed: int = 1) -> tuple[Path, Cifar10]:
     """A tiny fake ``cifar-10-batches-py`` folder (or its .tar.gz) and the arrays it holds."""
     d = synthetic(5 * per_batch, per_batch, seed=seed)
-    files = {f"data_batch_{i + 1}": batch_pickle(d.x_train[i * per_batch:(i + 1) * per_batch],
-                                                 d.y_train[i * per_batch:(i + 1) * per_batch])
-             for i in range(5)}
+    files = {
+        f"data_batch_{i + 1}": batch_pickle(
+            d.x_train[i * per_batch : (i + 1) * per_batch], d.y_train[i * per_batch : (i + 1) * per_batch]
+        )
+        for i in range(5)
+    }
     files["test_batch"] = batch_pickle(d.x_test, d.y_test)
     files["batches.meta"] = pickle.dumps({"label_names": ["x"] * 10}, protocol=2)
     root.mkdir(parents=True, exist_ok=True)

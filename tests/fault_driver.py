@@ -97,7 +97,7 @@ def install(fault: str) -> None:
                         die()
                     os.kill(os.getpid(), signal.SIGTERM)  # handled by the main thread meanwhile
                     time.sleep(0.5)
-                    f.write(raw[len(raw) // 2:])
+                    f.write(raw[len(raw) // 2 :])
 
                 return io_utils._atomic_write(path, write_in_halves)
             return real_save(path, obj)
@@ -117,9 +117,11 @@ def install(fault: str) -> None:
 
         def atomic_write(path, write):
             if hit("enospc", Path(path).name, want, n):
+
                 def full(f):
                     write(io.BytesIO())
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
                 return real_write(path, full)
             return real_write(path, write)
 

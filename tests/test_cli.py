@@ -21,8 +21,9 @@ SMALL = ["--train-subset", "40", "--test-subset", "20", "--batch-size", "16", "-
 
 def archbench(*args, cwd=None, check=True, **kw):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    p = subprocess.run([sys.executable, "-m", "archbench", *map(str, args)], capture_output=True,
-                       text=True, cwd=cwd, env=env, **kw)
+    p = subprocess.run(
+        [sys.executable, "-m", "archbench", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, **kw
+    )
     if check and p.returncode != 0:
         raise AssertionError(f"archbench {' '.join(map(str, args))} failed:\n{p.stdout}\n{p.stderr}")
     return p
@@ -57,12 +58,28 @@ def test_compare_prints_the_study_table_and_writes_everything(compared):
     assert re.search(r"Δ final accuracy \(resnet18 − vgg19_bn\) = [+-]\d+\.\d\d pp .*one seed per model", stdout)
     assert "epoch   1/2" in stdout  # the study's summary line at epoch 1
     assert re.search(r"^compare took \d+\.\d s \(wall clock", stdout, re.M)
-    for name in ("comparison.json", "comparison.csv", "comparison.md", "overlay_loss.png", "overlay_accuracy.png",
-                 "report.md", "report.html"):
+    for name in (
+        "comparison.json",
+        "comparison.csv",
+        "comparison.md",
+        "overlay_loss.png",
+        "overlay_accuracy.png",
+        "report.md",
+        "report.html",
+    ):
         assert (out / name).stat().st_size > 0, name
     for model in ("resnet18", "vgg19_bn"):
-        for name in ("config.json", "history.csv", "history.jsonl", "last.pt", "best.pt",
-                     "loss.png", "accuracy.png", "final.json", "predictions.npz"):
+        for name in (
+            "config.json",
+            "history.csv",
+            "history.jsonl",
+            "last.pt",
+            "best.pt",
+            "loss.png",
+            "accuracy.png",
+            "final.json",
+            "predictions.npz",
+        ):
             assert (out / model / name).stat().st_size > 0, f"{model}/{name}"
     assert '"epochs": 2' in (out / "resnet18" / "config.json").read_text()  # from the file
     assert '"batch_size": 16' in (out / "resnet18" / "config.json").read_text()  # from a flag
@@ -105,8 +122,10 @@ def test_eval_reports_exact_subset_with_footnote(compared, tmp_path):
     d = synthetic(10, 40, seed=9, exact_every=4)
     folder = tmp_path / "npz"
     folder.mkdir()
-    for name, arrays in (("train-0", dict(x_train=d.x_train, y_train=d.y_train)),
-                         ("test", dict(x_test=d.x_test, y_test=d.y_test, lossless=d.test_exact))):
+    for name, arrays in (
+        ("train-0", dict(x_train=d.x_train, y_train=d.y_train)),
+        ("test", dict(x_test=d.x_test, y_test=d.y_test, lossless=d.test_exact)),
+    ):
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         (folder / f"{name}.npz.xz").write_bytes(lzma.compress(buf.getvalue()))
@@ -122,8 +141,13 @@ def test_plot_regenerates_figures_from_history_alone(compared, tmp_path):
     for f in list(copy.rglob("*.png")) + list(copy.rglob("*.pt")):
         f.unlink()
     archbench("plot", copy)
-    for name in ("resnet18/loss.png", "resnet18/accuracy.png", "vgg19_bn/loss.png", "overlay_loss.png",
-                 "overlay_accuracy.png"):
+    for name in (
+        "resnet18/loss.png",
+        "resnet18/accuracy.png",
+        "vgg19_bn/loss.png",
+        "overlay_loss.png",
+        "overlay_accuracy.png",
+    ):
         assert (copy / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
@@ -132,8 +156,12 @@ def test_killed_run_resumes_to_completion(tmp_path):
     out = tmp_path / "out"
     args = ["train", "resnet18", "--epochs", 4, "--data-dir", SAMPLE_DIR, "--out", out, *SMALL]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen([sys.executable, "-m", "archbench", *map(str, args)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archbench", *map(str, args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     hist = out / "resnet18" / "history.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (hist.exists() and hist.read_text().count("\n") >= 1):
@@ -149,14 +177,17 @@ def test_killed_run_resumes_to_completion(tmp_path):
     assert [l.split(",")[0] for l in lines[1:]] == ["1", "2", "3", "4"]
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--epochs", "0"], "epochs=0 is invalid"),
-    (["--milestones", "5", "3"], "milestones=[5, 3] is invalid"),
-    (["--lr", "-1"], "lr=-1.0 is invalid"),
-    (["--batch-size", "0"], "batch_size=0 is invalid"),
-    (["resnet99"], "model='resnet99' is invalid"),
-    (["--data-dir", "/nonexistent/cifar"], "CIFAR-10 not found (tried --data-dir = /nonexistent/cifar)"),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--epochs", "0"], "epochs=0 is invalid"),
+        (["--milestones", "5", "3"], "milestones=[5, 3] is invalid"),
+        (["--lr", "-1"], "lr=-1.0 is invalid"),
+        (["--batch-size", "0"], "batch_size=0 is invalid"),
+        (["resnet99"], "model='resnet99' is invalid"),
+        (["--data-dir", "/nonexistent/cifar"], "CIFAR-10 not found (tried --data-dir = /nonexistent/cifar)"),
+    ],
+)
 def test_bad_input_is_one_line_on_stderr_and_exit_1(tmp_path, args, expected):
     p = archbench("compare", *args, "--out", tmp_path / "o", "--device", "cpu", check=False, cwd=tmp_path)
     assert p.returncode == 1

@@ -13,8 +13,7 @@ from archbench.train.schedule import multistep_lr
 
 def test_defaults_are_the_study_protocol():
     c = resolve(Config())
-    assert (c.model, c.epochs, c.batch_size, c.lr, c.momentum, c.weight_decay) == \
-        ("resnet18", 100, 128, 0.1, 0.9, 5e-4)
+    assert (c.model, c.epochs, c.batch_size, c.lr, c.momentum, c.weight_decay) == ("resnet18", 100, 128, 0.1, 0.9, 5e-4)
     assert (c.milestones, c.gamma, c.pipeline, c.precision) == ((50, 75), 0.1, "fast", "fp32")
     assert resolve(Config(), "cuda").precision == "bf16"  # auto: bf16 autocast on CUDA
     assert resolve(Config(precision="fp32"), "cuda").precision == "fp32"
@@ -34,14 +33,41 @@ def test_config_is_frozen():
 
 # At least one invalid value for every setting; the test below checks none is missed.
 INVALID = [
-    ("model", "resnet99"), ("epochs", 0), ("epochs", 2.5), ("batch_size", 0), ("batch_size", -4),
-    ("lr", 0), ("lr", -0.1), ("lr", "fast"), ("momentum", 1.0), ("weight_decay", -1),
-    ("min_effect", -0.1), ("min_effect", "big"),
-    ("milestones", [75, 50]), ("milestones", [50, 50]), ("milestones", [0, 10]), ("milestones", 50),
-    ("gamma", 0), ("gamma", 1.5), ("seed", -1), ("seed", True), ("pipeline", "turbo"), ("workers", -1),
-    ("train_subset", 0), ("test_subset", -5), ("device", "tpu"), ("data_dir", ""), ("download", "yes"),
-    ("verify_data", 1), ("out", ""), ("quiet", "no"), ("precision", "fp16"), ("compile", "yes"),
-    ("cuda_graphs", 1), ("val_split", 0), ("grad_norms_per_epoch", -1),
+    ("model", "resnet99"),
+    ("epochs", 0),
+    ("epochs", 2.5),
+    ("batch_size", 0),
+    ("batch_size", -4),
+    ("lr", 0),
+    ("lr", -0.1),
+    ("lr", "fast"),
+    ("momentum", 1.0),
+    ("weight_decay", -1),
+    ("min_effect", -0.1),
+    ("min_effect", "big"),
+    ("milestones", [75, 50]),
+    ("milestones", [50, 50]),
+    ("milestones", [0, 10]),
+    ("milestones", 50),
+    ("gamma", 0),
+    ("gamma", 1.5),
+    ("seed", -1),
+    ("seed", True),
+    ("pipeline", "turbo"),
+    ("workers", -1),
+    ("train_subset", 0),
+    ("test_subset", -5),
+    ("device", "tpu"),
+    ("data_dir", ""),
+    ("download", "yes"),
+    ("verify_data", 1),
+    ("out", ""),
+    ("quiet", "no"),
+    ("precision", "fp16"),
+    ("compile", "yes"),
+    ("cuda_graphs", 1),
+    ("val_split", 0),
+    ("grad_norms_per_epoch", -1),
     ("tensorboard", "on"),
 ]
 
@@ -69,7 +95,7 @@ def _parse(argv):
 
 def test_cli_beats_file_beats_defaults(tmp_path):
     toml = tmp_path / "c.toml"
-    toml.write_text('epochs = 7\nbatch-size = 64\nmilestones = [3, 5]\nlr = 0.05\n')
+    toml.write_text("epochs = 7\nbatch-size = 64\nmilestones = [3, 5]\nlr = 0.05\n")
     cfg = config_from_args(_parse(["train", "resnet18", "--config", str(toml), "--epochs", "9"]))
     assert (cfg.epochs, cfg.batch_size, cfg.milestones, cfg.lr) == (9, 64, (3, 5), 0.05)
     assert cfg.momentum == 0.9  # untouched default
@@ -78,7 +104,10 @@ def test_cli_beats_file_beats_defaults(tmp_path):
 def test_yaml_config_and_bad_file_errors(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("epochs: 4\nweight_decay: 0.001\n")
-    assert (load_file(y)["epochs"], config_from_args(_parse(["compare", "--config", str(y)])).weight_decay) == (4, 0.001)
+    assert (load_file(y)["epochs"], config_from_args(_parse(["compare", "--config", str(y)])).weight_decay) == (
+        4,
+        0.001,
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text("epochs = = 3")
     with pytest.raises(ArchbenchError, match="could not be parsed"):
@@ -113,5 +142,6 @@ def test_multistep_lr_matches_torch_multisteplr_stepped_per_epoch():
         assert multistep_lr(epoch, 0.1, (50, 75), 0.1) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12)
         opt.step()
         sched.step()
-    assert [multistep_lr(e, 0.1, (50, 75), 0.1) for e in (0, 49, 50, 74, 75, 99)] == \
-        pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    assert [multistep_lr(e, 0.1, (50, 75), 0.1) for e in (0, 49, 50, 74, 75, 99)] == pytest.approx(
+        [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    )

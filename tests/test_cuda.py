@@ -25,8 +25,7 @@ DATA = synthetic_cifar(200, 100)  # batch 64: three full batches and a partial o
 
 
 def _train(epochs: int = 2, **options) -> tuple[list[dict], torch.nn.Module, list]:
-    cfg = resolve(Config(model="resnet18", batch_size=64, lr=0.05, device="cuda", precision="fp32",
-                         **options), "cuda")
+    cfg = resolve(Config(model="resnet18", batch_size=64, lr=0.05, device="cuda", precision="fp32", **options), "cuda")
     model = build_model(cfg, CUDA)
     opt = build_optimizer(model, cfg, CUDA)
     step, tally = build_step(model, opt, cfg, CUDA), Tally(CUDA)
@@ -36,8 +35,9 @@ def _train(epochs: int = 2, **options) -> tuple[list[dict], torch.nn.Module, lis
     for epoch in range(epochs):
         for g in opt.param_groups:
             g["lr"] = cfg.lr * (0.1 if epoch else 1.0)  # a new learning rate: a new capture
-        tr = train_one_epoch(model, pipe.train_batches(epoch), step, CUDA, tally,
-                             after_step=lambda i: grads.after_step(i, step.grads_of))
+        tr = train_one_epoch(
+            model, pipe.train_batches(epoch), step, CUDA, tally, after_step=lambda i: grads.after_step(i, step.grads_of)
+        )
         ev = evaluate(model, pipe.test_batches(), CUDA, None, cfg.precision)
         results.append({"train_loss": tr["loss"], "train_acc": tr["acc"], "val_acc": ev["acc"]})
         norms += grads.take(epoch + 1)
@@ -108,8 +108,9 @@ def test_a_step_that_cannot_be_captured_is_one_clear_error():
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     syncing = lambda x: model(x) * float(x.sum())  # reads a value back to the host: not capturable
     step = GraphedTrainStep(TrainStep(model, opt, CUDA, "fp32", syncing))
-    with pytest.raises(ArchbenchError, match="capturing the training step as a CUDA graph failed .*"
-                                             "run without --cuda-graphs"):
+    with pytest.raises(
+        ArchbenchError, match="capturing the training step as a CUDA graph failed .*run without --cuda-graphs"
+    ):
         step(torch.randn(8, 4, device=CUDA), torch.randint(0, 2, (8,), device=CUDA), Tally(CUDA))
 
 
@@ -123,8 +124,22 @@ def test_bench_on_cuda_reports_peak_fraction_and_memory(tmp_path):
     from test_cli import archbench
 
     out = tmp_path / "bench.json"
-    archbench("bench", "resnet18", "--synthetic", "--device", "cuda", "--train-subset", "2048",
-              "--test-subset", "1000", "--epochs", "1", "--quiet", "--json", out)
+    archbench(
+        "bench",
+        "resnet18",
+        "--synthetic",
+        "--device",
+        "cuda",
+        "--train-subset",
+        "2048",
+        "--test-subset",
+        "1000",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--json",
+        out,
+    )
     rows = {r["pipeline"]: r for r in json.loads(out.read_text())["results"]}
     assert rows["fast"]["peak_memory_mib"] > 0 and rows["fast"]["speedup"] > 1
     if any(k in torch.cuda.get_device_name() for k in ("H100", "H200", "A100")):

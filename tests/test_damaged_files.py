@@ -50,8 +50,26 @@ from conftest import REPO, SAMPLE_DIR
 
 DRIVER = Path(__file__).with_name("fault_driver.py")
 # The second training loss of the process (resnet18 seed 0, epoch 2) is NaN: that run diverges.
-COMPARE = ["resnet18", "plain18", "--seeds", "0", "1", "--epochs", "2", "--milestones", "2", "--train-subset", "20",
-           "--test-subset", "20", "--batch-size", "20", "--device", "cpu", "--quiet"]
+COMPARE = [
+    "resnet18",
+    "plain18",
+    "--seeds",
+    "0",
+    "1",
+    "--epochs",
+    "2",
+    "--milestones",
+    "2",
+    "--train-subset",
+    "20",
+    "--test-subset",
+    "20",
+    "--batch-size",
+    "20",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 DIVERGED, FINISHED = "resnet18/seed0", "plain18/seed1"  # the run folders whose files are damaged
 EVAL = ["--data-dir", str(SAMPLE_DIR), "--device", "cpu"]
 
@@ -66,32 +84,92 @@ def _json_type(v) -> str | list | dict:
         return {k: _json_type(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_json_type(x) for x in v]
-    return N if v is None else B if isinstance(v, bool) else I if isinstance(v, int) else \
-        F if isinstance(v, float) else S
+    return (
+        N if v is None else B if isinstance(v, bool) else I if isinstance(v, int) else F if isinstance(v, float) else S
+    )
 
 
-RUN_CONFIG = _json_type(resolve(Config(model="plain18", epochs=2, milestones=(2,), train_subset=20, test_subset=20,
-                                       batch_size=20, data_dir="d", device="cpu")).to_dict())
+RUN_CONFIG = _json_type(
+    resolve(
+        Config(
+            model="plain18",
+            epochs=2,
+            milestones=(2,),
+            train_subset=20,
+            test_subset=20,
+            batch_size=20,
+            data_dir="d",
+            device="cpu",
+        )
+    ).to_dict()
+)
 EVALUATION = {"epoch": I, "loss": F, "acc": F, "acc_exact": N}
 TEMPLATES = {
     f"{FINISHED}/config.json": RUN_CONFIG,
-    f"{DIVERGED}/final.json": {"model": S, "seed": I, "params": I, "flops_per_image": F, "planned_epochs": I,
-                               "selected_on": S, "best_val": F, "best": EVALUATION, "last": EVALUATION, "images": I,
-                               "images_exact": N, "diverged": {"epoch": I, "step": I}},
+    f"{DIVERGED}/final.json": {
+        "model": S,
+        "seed": I,
+        "params": I,
+        "flops_per_image": F,
+        "planned_epochs": I,
+        "selected_on": S,
+        "best_val": F,
+        "best": EVALUATION,
+        "last": EVALUATION,
+        "images": I,
+        "images_exact": N,
+        "diverged": {"epoch": I, "step": I},
+    },
     f"{DIVERGED}/divergence.json": {"epoch": I, "step": I, "message": S, "config": RUN_CONFIG},
-    "comparison.json": {"format": I, "models": [S, S], "runs": [{"model": S, "seed": I, "dir": S}] * 4,
-                        "min_effect_pp": F,
-                        "environment": {"archbench": S, "git commit": S, "torch": S, "python": S, "device": S,
-                                        "data": S, "data checksums": S, "test images": I,
-                                        "wall time of compare (s)": F}},
-    f"{FINISHED}/history.jsonl": {k: N if k == "val_acc_exact" else I if k == "epoch" else F
-                                  for k in history.FIELDS},  # its last line, epoch 2
+    "comparison.json": {
+        "format": I,
+        "models": [S, S],
+        "runs": [{"model": S, "seed": I, "dir": S}] * 4,
+        "min_effect_pp": F,
+        "environment": {
+            "archbench": S,
+            "git commit": S,
+            "torch": S,
+            "python": S,
+            "device": S,
+            "data": S,
+            "data checksums": S,
+            "test images": I,
+            "wall time of compare (s)": F,
+        },
+    },
+    f"{FINISHED}/history.jsonl": {
+        k: N if k == "val_acc_exact" else I if k == "epoch" else F for k in history.FIELDS
+    },  # its last line, epoch 2
 }
-CONFIG_FILE = {"model": "resnet18", "epochs": 1, "batch_size": 20, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005,
-               "milestones": [1], "gamma": 0.1, "seed": 3, "pipeline": "fast", "workers": 0, "precision": "fp32",
-               "train_subset": 20, "test_subset": 20, "val_split": 10, "device": "cpu", "compile": False,
-               "cuda_graphs": False, "tensorboard": False, "grad_norms_per_epoch": 1, "min_effect": 0.5,
-               "data_dir": "nodata", "download": False, "verify_data": False, "out": "runs", "quiet": True}
+CONFIG_FILE = {
+    "model": "resnet18",
+    "epochs": 1,
+    "batch_size": 20,
+    "lr": 0.05,
+    "momentum": 0.9,
+    "weight_decay": 0.0005,
+    "milestones": [1],
+    "gamma": 0.1,
+    "seed": 3,
+    "pipeline": "fast",
+    "workers": 0,
+    "precision": "fp32",
+    "train_subset": 20,
+    "test_subset": 20,
+    "val_split": 10,
+    "device": "cpu",
+    "compile": False,
+    "cuda_graphs": False,
+    "tensorboard": False,
+    "grad_norms_per_epoch": 1,
+    "min_effect": 0.5,
+    "data_dir": "nodata",
+    "download": False,
+    "verify_data": False,
+    "out": "runs",
+    "quiet": True,
+}
 HOW_SETTINGS = [k for k in FIELD_NAMES if k not in PROTOCOL_FIELDS]
 
 # ---------------------------------------------------------------- harmless damage, and why
@@ -105,11 +183,15 @@ HARMLESS_NULLS = {  # (file, field): what null means there
     "comparison.json:environment.data": "the data was not described; the row is left out",
     "comparison.json:environment.data checksums": "the checksums were not recorded; the row is left out",
     "comparison.json:environment.test images": "the count was not recorded; the row is left out",
-    **{f"exp.yaml:{k}": "null leaves the setting unset, as its default does"
-       for k in ("lr", "train_subset", "test_subset", "val_split", "data_dir")},
+    **{
+        f"exp.yaml:{k}": "null leaves the setting unset, as its default does"
+        for k in ("lr", "train_subset", "test_subset", "val_split", "data_dir")
+    },
 }
-MISSING_HOW = ("a 'where and how' setting does not change the numbers a run produces, and the readers do not "
-               "use it; a missing one takes its default")
+MISSING_HOW = (
+    "a 'where and how' setting does not change the numbers a run produces, and the readers do not "
+    "use it; a missing one takes its default"
+)
 MISSING_SETTING = "every setting in a config file is optional: the default applies"
 
 
@@ -119,11 +201,11 @@ OTHER_HARMLESS = {
     f"{FINISHED}/history.jsonl:deleted": "history.csv holds the same records; " + SAME,
     f"{FINISHED}/history.csv:deleted": "history.jsonl holds the same records; " + SAME,
     f"{FINISHED}/gradflow.csv:deleted": "a run may record no gradient norms (--grad-norms-per-epoch 0); the "
-                                         "figures of them are left out",
+    "figures of them are left out",
     f"{FINISHED}/history.csv:extra-column": EXTRA_FIELD,
     f"{FINISHED}/predictions.npz:extra-array": EXTRA_FIELD,
     f"{FINISHED}/predictions.npz:missing-array exact": "'exact' is written only to mark test images that are not "
-                                                       "pixel-exact, and the analysis does not read it",
+    "pixel-exact, and the analysis does not read it",
     ".:extra-file": "only the runs comparison.json lists are read; " + SAME,
     ".:extra-folder": "only the runs comparison.json lists are read; " + SAME,
     f"{FINISHED}:extra-file": "a run folder's files are read by name; " + SAME,
@@ -135,8 +217,10 @@ def harmless(target: str, damage: str, command: str) -> str | None:
     """Why ``damage`` to ``target`` is harmless, or None if it must be refused."""
     name, (kind, _, field) = Path(target).name, damage.partition(" ")
     if (name, damage, command) == ("divergence.json", "deleted", "eval"):
-        return ("without the record the run is an unfinished one, which eval evaluates as it is (deleting the "
-                "record is how a diverged run is trained again); report refuses it, final.json saying otherwise")
+        return (
+            "without the record the run is an unfinished one, which eval evaluates as it is (deleting the "
+            "record is how a diverged run is trained again); report refuses it, final.json saying otherwise"
+        )
     settings = name in ("config.json", "exp.toml", "exp.yaml") or field.startswith("config.")
     if kind == "extra-field":  # settings refuse unknown names: one might be a protocol setting this version lacks
         return None if settings else EXTRA_FIELD
@@ -164,8 +248,9 @@ class Case:
 
     @property
     def id(self) -> str:
-        return f"{self.target}:{self.damage}" + ("" if self.command == DEFAULT_COMMAND.get(self.target) else
-                                                 f" [{self.command}]")
+        return f"{self.target}:{self.damage}" + (
+            "" if self.command == DEFAULT_COMMAND.get(self.target) else f" [{self.command}]"
+        )
 
 
 def _rng(*key) -> random.Random:
@@ -178,7 +263,7 @@ def _edit_bytes(change: Callable[[bytes], bytes]) -> Callable[[Path], None]:
 
 def _cut(at: float) -> Callable[[Path], None]:
     """Truncation: to ``at`` bytes, or to that fraction of the file, or by -``at`` bytes."""
-    return _edit_bytes(lambda b: b[:int(len(b) * at)] if isinstance(at, float) else b[:at])
+    return _edit_bytes(lambda b: b[: int(len(b) * at)] if isinstance(at, float) else b[:at])
 
 
 def _to_folder(path: Path) -> None:
@@ -209,8 +294,15 @@ def file_damage(target: str, marker: str | None) -> Iterator[tuple[str, Callable
 
 
 # Values of other JSON types than a field's own; "huge" and "negative" only where a number could be.
-SUBSTITUTES = {"string": "x", "null": None, "list": [1], "object": {"x": 1}, "bool": True,
-               "huge": 10 ** 400, "negative": -1}
+SUBSTITUTES = {
+    "string": "x",
+    "null": None,
+    "list": [1],
+    "object": {"x": 1},
+    "bool": True,
+    "huge": 10**400,
+    "negative": -1,
+}
 
 
 def _walk(template, path=()) -> Iterator[tuple[tuple, object]]:
@@ -227,8 +319,13 @@ def _name(path: tuple) -> str:
 
 
 def _substitutes(kind) -> Iterator[tuple[str, object]]:
-    own = {S: "string", N: "null", B: "bool"}.get(kind) if isinstance(kind, str) else \
-        "list" if isinstance(kind, list) else "object"
+    own = (
+        {S: "string", N: "null", B: "bool"}.get(kind)
+        if isinstance(kind, str)
+        else "list"
+        if isinstance(kind, list)
+        else "object"
+    )
     for name, value in SUBSTITUTES.items():
         if name != own and (name not in ("huge", "negative") or kind in (I, F, N)):
             yield name, value
@@ -246,8 +343,9 @@ def _delete(obj, path: tuple) -> None:
     del obj[path[-1]]
 
 
-def field_damage(template: dict, edit: Callable[[Callable[[object], object]], Callable[[Path], None]]) \
-        -> Iterator[tuple[str, Callable[[Path], None]]]:
+def field_damage(
+    template: dict, edit: Callable[[Callable[[object], object]], Callable[[Path], None]]
+) -> Iterator[tuple[str, Callable[[Path], None]]]:
     """A wrong type in each field, each field missing, an extra field, a surprising top level.
 
     ``edit(change)`` damages a file by applying ``change`` to its parsed contents.
@@ -257,6 +355,7 @@ def field_damage(template: dict, edit: Callable[[Callable[[object], object]], Ca
         def change(obj):
             fn(obj)
             return obj
+
         return edit(change)
 
     for path, kind in _walk(template):
@@ -280,6 +379,7 @@ def _jsonl_last_line(change):
         lines = b.decode().rstrip("\n").split("\n")
         lines[-1] = json.dumps(change(json.loads(lines[-1])))
         return ("\n".join(lines) + "\n").encode()
+
     return _edit_bytes(apply)
 
 
@@ -288,6 +388,7 @@ def _csv_edit(change: Callable[[list[list[str]]], None]) -> Callable[[Path], Non
         rows = [line.split(",") for line in b.decode().rstrip("\n").split("\n")]
         change(rows)
         return ("\n".join(",".join(r) for r in rows) + "\n").encode()
+
     return _edit_bytes(apply)
 
 
@@ -325,7 +426,7 @@ def csv_damage(columns: dict[str, str], nullable: tuple[str, ...] = ()) -> Itera
     yield "extra-column", _csv_edit(_add_column)
     yield "row-long", _csv_edit(lambda rows: rows[-1].append("1"))
     yield "row-short", _csv_edit(lambda rows: rows[-1].pop())
-    yield "cut last row", _edit_bytes(lambda b: b[:b.rstrip(b"\n").rfind(b"\n") + 1 + 40])
+    yield "cut last row", _edit_bytes(lambda b: b[: b.rstrip(b"\n").rfind(b"\n") + 1 + 40])
 
 
 def _npz(change: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -336,11 +437,16 @@ def _npz(change: Callable[[dict], None]) -> Callable[[Path], None]:
         path.unlink()
         with open(path, "wb") as f:
             np.savez_compressed(f, **arrays)
+
     return apply
 
 
-PREDICTION_ARRAYS = ["index", "label", "exact",
-                     *(f"{w}_{k}" for w in ("best", "last") for k in ("pred", "loss", "logits"))]
+PREDICTION_ARRAYS = [
+    "index",
+    "label",
+    "exact",
+    *(f"{w}_{k}" for w in ("best", "last") for k in ("pred", "loss", "logits")),
+]
 
 
 def npz_damage() -> Iterator[tuple[str, Callable]]:
@@ -382,23 +488,47 @@ def to_toml(d: dict) -> str:
 
 def _config_file(fmt: str):
     """``edit(change)`` for a config file: ``change`` applied to its settings, written back in ``fmt``."""
-    dump, load = ((to_toml, tomllib.loads) if fmt == "toml" else
-                  (lambda d: yaml.safe_dump(d, sort_keys=False), yaml.safe_load))
+    dump, load = (
+        (to_toml, tomllib.loads) if fmt == "toml" else (lambda d: yaml.safe_dump(d, sort_keys=False), yaml.safe_load)
+    )
     return lambda change: _edit_bytes(lambda b: dump(change(load(b.decode()))).encode())
 
 
-DEFAULT_COMMAND = {"comparison.json": "report", f"{FINISHED}/config.json": "report",
-                   f"{DIVERGED}/final.json": "report", f"{DIVERGED}/divergence.json": "report",
-                   f"{FINISHED}/predictions.npz": "report", f"{FINISHED}/history.jsonl": "plot",
-                   f"{FINISHED}/history.csv": "plot", f"{FINISHED}/gradflow.csv": "plot",
-                   "exp.toml": "train", "exp.yaml": "train", ".": "report", FINISHED: "report"}
+DEFAULT_COMMAND = {
+    "comparison.json": "report",
+    f"{FINISHED}/config.json": "report",
+    f"{DIVERGED}/final.json": "report",
+    f"{DIVERGED}/divergence.json": "report",
+    f"{FINISHED}/predictions.npz": "report",
+    f"{FINISHED}/history.jsonl": "plot",
+    f"{FINISHED}/history.csv": "plot",
+    f"{FINISHED}/gradflow.csv": "plot",
+    "exp.toml": "train",
+    "exp.yaml": "train",
+    ".": "report",
+    FINISHED: "report",
+}
 # A few cases also run through the other commands that read the file.
-ALSO = {f"{FINISHED}/config.json": {"plot": ("cut 0", "top-level list", "object model", "folder", "missing model"),
-                                    "eval": ("cut half", "top-level number", "string lr", "folder", "latin-1",
-                                             "missing epochs")},
-        f"{DIVERGED}/divergence.json": {"eval": ("cut half", "top-level list", "string step", "null epoch",
-                                                 "string config.epochs", "missing message", "folder", "latin-1",
-                                                 "deleted", "extra-field zz_extra")}}
+ALSO = {
+    f"{FINISHED}/config.json": {
+        "plot": ("cut 0", "top-level list", "object model", "folder", "missing model"),
+        "eval": ("cut half", "top-level number", "string lr", "folder", "latin-1", "missing epochs"),
+    },
+    f"{DIVERGED}/divergence.json": {
+        "eval": (
+            "cut half",
+            "top-level list",
+            "string step",
+            "null epoch",
+            "string config.epochs",
+            "missing message",
+            "folder",
+            "latin-1",
+            "deleted",
+            "extra-field zz_extra",
+        )
+    },
+}
 
 
 def generate() -> list[Case]:
@@ -407,28 +537,39 @@ def generate() -> list[Case]:
         edit = _jsonl_last_line if target.endswith(".jsonl") else _json_file
         per_file[target] = [*file_damage(target, '"'), *field_damage(template, edit)]
     per_file[f"{FINISHED}/history.csv"] = [
-        *file_damage("history.csv", "epoch"), *csv_damage({k: k for k in history.FIELDS}, nullable=("val_acc_exact",))]
+        *file_damage("history.csv", "epoch"),
+        *csv_damage({k: k for k in history.FIELDS}, nullable=("val_acc_exact",)),
+    ]
     # Not "cut -2": gradflow.csv ends in a number, and a number cut short is another valid one (no
     # checksum guards the file; history.csv is checked against history.jsonl instead).
     per_file[f"{FINISHED}/gradflow.csv"] = [
         *[(d, f) for d, f in file_damage("gradflow.csv", "epoch") if d != "cut -2"],
         *csv_damage({"epoch": "epoch", "t": "t", "first-grad": "grad:", "first-weight": "weight:", "last": "-1"}),
         ("header-renamed", _csv_edit(lambda rows: rows[0].__setitem__(2, "grad:elsewhere"))),
-        ("header-only", _edit_bytes(lambda b: b[:b.find(b"\n") + 1])),
-        ("t-backwards", _csv_edit(lambda rows: rows[-1].__setitem__(1, "0.5")))]
+        ("header-only", _edit_bytes(lambda b: b[: b.find(b"\n") + 1])),
+        ("t-backwards", _csv_edit(lambda rows: rows[-1].__setitem__(1, "0.5"))),
+    ]
     per_file[f"{FINISHED}/predictions.npz"] = [*file_damage("predictions.npz", None), *npz_damage()]
     for fmt in ("toml", "yaml"):
-        damages = [*file_damage(f"exp.{fmt}", "nodata"), ("cut inside model", _cut(10)),
-                   *field_damage(CONFIG_FILE_TYPES, _config_file(fmt))]
+        damages = [
+            *file_damage(f"exp.{fmt}", "nodata"),
+            ("cut inside model", _cut(10)),
+            *field_damage(CONFIG_FILE_TYPES, _config_file(fmt)),
+        ]
         # Not "cut half": a cut can leave a shorter valid file (train_subset = 2), which no reader can
         # tell from one written that way, a config file having no checksum; cuts that break the syntax
         # or a value are tested. TOML has no null, and its top level is always a table.
-        per_file[f"exp.{fmt}"] = [(d, f) for d, f in damages if d != "cut half"
-                                  and (fmt == "yaml" or not d.startswith(("null", "top-level")))]
-    per_file["."] = [("extra-file", lambda p: (p / "notes.txt").write_text("x")),
-                     ("extra-folder", lambda p: (p / "plain18" / "seed7").mkdir())]
-    per_file[FINISHED] = [("extra-file", lambda p: (p / "notes.txt").write_bytes(b"\xff")),
-                          ("extra-folder", lambda p: (p / "old").mkdir())]
+        per_file[f"exp.{fmt}"] = [
+            (d, f) for d, f in damages if d != "cut half" and (fmt == "yaml" or not d.startswith(("null", "top-level")))
+        ]
+    per_file["."] = [
+        ("extra-file", lambda p: (p / "notes.txt").write_text("x")),
+        ("extra-folder", lambda p: (p / "plain18" / "seed7").mkdir()),
+    ]
+    per_file[FINISHED] = [
+        ("extra-file", lambda p: (p / "notes.txt").write_bytes(b"\xff")),
+        ("extra-folder", lambda p: (p / "old").mkdir()),
+    ]
     cases = []
     for target, damages in per_file.items():
         also = ALSO.get(target, {})
@@ -492,8 +633,14 @@ def folders(tmp_path_factory) -> Iterator[Folders]:
     base = tmp_path_factory.mktemp("damaged")
     built = base / "built"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    p = subprocess.run([sys.executable, str(DRIVER), "nan:2", "compare", *COMPARE, "--data-dir", str(SAMPLE_DIR),
-                        "--out", str(built)], env=env, capture_output=True, text=True, timeout=900, check=False)
+    p = subprocess.run(
+        [sys.executable, str(DRIVER), "nan:2", "compare", *COMPARE, "--data-dir", str(SAMPLE_DIR), "--out", str(built)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     work = base / "work"
     shutil.copytree(built, work, ignore=shutil.ignore_patterns("*.pt"))
@@ -517,11 +664,23 @@ def read_like(command: str, root: Path):
 
 def argv(case: Case, root: Path) -> list[str]:
     if case.command == "train":
-        return ["train", "resnet18", "--config", str(root / case.target), "--out", str(root / "runs"),
-                "--data-dir", str(root / "nodata"), "--device", "cpu", "--quiet"]
+        return [
+            "train",
+            "resnet18",
+            "--config",
+            str(root / case.target),
+            "--out",
+            str(root / "runs"),
+            "--data-dir",
+            str(root / "nodata"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
     run = str(root / Path(case.target).parent)
-    return {"report": ["report", str(root)], "plot": ["plot", str(root / FINISHED)],
-            "eval": ["eval", run, *EVAL]}[case.command]
+    return {"report": ["report", str(root)], "plot": ["plot", str(root / FINISHED)], "eval": ["eval", run, *EVAL]}[
+        case.command
+    ]
 
 
 # ---------------------------------------------------------------- the tests
@@ -583,8 +742,18 @@ def test_damage_is_refused_in_one_line_or_harmless(folders, case, capsys):
 
 def test_an_older_runs_non_finite_validation_loss_is_read(tmp_path):
     """Runs trained before a non-finite validation loss stopped them recorded that epoch."""
-    record = {"epoch": 1, "lr": 0.1, "train_loss": 2.3, "train_acc": 10.0, "val_loss": float("nan"), "val_acc": 10.0,
-              "val_acc_exact": None, "train_seconds": 1.0, "eval_seconds": 0.5, "epoch_seconds": 1.5}
+    record = {
+        "epoch": 1,
+        "lr": 0.1,
+        "train_loss": 2.3,
+        "train_acc": 10.0,
+        "val_loss": float("nan"),
+        "val_acc": 10.0,
+        "val_acc_exact": None,
+        "train_seconds": 1.0,
+        "eval_seconds": 0.5,
+        "epoch_seconds": 1.5,
+    }
     history.append_record(tmp_path, record)
     history.append_record(tmp_path, {**record, "epoch": 2, "val_loss": float("inf")})
     got = history.read(tmp_path)

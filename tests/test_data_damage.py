@@ -100,6 +100,7 @@ FIX_WORDS = ("copy", "download", "unpack", "make it again", "pass --no-verify-da
 
 # ---------------------------------------------------------------- content and how it is written
 
+
 class Raw(bytes):
     """File content written as is."""
 
@@ -146,24 +147,40 @@ def _pristine(fmt: str) -> tuple[dict, dict]:
 @functools.cache
 def _base(fmt: str) -> tuple[dict, dict]:
     rng = np.random.default_rng(SEED)
-    splits = [(f"train-{i}", rng.integers(0, 256, (PER_FILE, 32, 32, 3), dtype=np.uint8),
-               rng.integers(0, 10, PER_FILE)) for i in range(len(TRAIN_BATCHES) if fmt != "npz" else 2)]
+    splits = [
+        (f"train-{i}", rng.integers(0, 256, (PER_FILE, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, PER_FILE))
+        for i in range(len(TRAIN_BATCHES) if fmt != "npz" else 2)
+    ]
     x_test, y_test = rng.integers(0, 256, (PER_FILE, 32, 32, 3), dtype=np.uint8), np.array([0, 9, 4])
     exact = np.array([True, False, True])
-    expected = {"x_train": np.concatenate([x for _, x, _ in splits]),
-                "y_train": np.concatenate([y for _, _, y in splits]).astype(np.int64),
-                "x_test": x_test, "y_test": y_test.astype(np.int64), "test_exact": exact if fmt == "npz" else None}
+    expected = {
+        "x_train": np.concatenate([x for _, x, _ in splits]),
+        "y_train": np.concatenate([y for _, _, y in splits]).astype(np.int64),
+        "x_test": x_test,
+        "y_test": y_test.astype(np.int64),
+        "test_exact": exact if fmt == "npz" else None,
+    }
     index = np.arange(PER_FILE, dtype=np.int32)
     if fmt == "npz":
         content = {f"{name}.npz.xz": {"x_train": x, "y_train": y, "orig_index": index} for name, x, y in splits}
         content["test.npz.xz"] = {"x_test": x_test, "y_test": y_test, "lossless": exact, "orig_index": index}
         content[SUMS] = _standard_sums
         return content, expected
-    content = {name: {"batch_label": f"{name} of 5", "labels": [int(v) for v in y], "data": _rows(x),
-                      "filenames": [f"{name}_{i}.png" for i in range(PER_FILE)]}
-               for name, (_, x, y) in zip(TRAIN_BATCHES, splits)}
-    content["test_batch"] = {"batch_label": "testing batch 1 of 1", "labels": [int(v) for v in y_test],
-                             "data": _rows(x_test), "filenames": [f"t{i}.png" for i in range(PER_FILE)]}
+    content = {
+        name: {
+            "batch_label": f"{name} of 5",
+            "labels": [int(v) for v in y],
+            "data": _rows(x),
+            "filenames": [f"{name}_{i}.png" for i in range(PER_FILE)],
+        }
+        for name, (_, x, y) in zip(TRAIN_BATCHES, splits)
+    }
+    content["test_batch"] = {
+        "batch_label": "testing batch 1 of 1",
+        "labels": [int(v) for v in y_test],
+        "data": _rows(x_test),
+        "filenames": [f"t{i}.png" for i in range(PER_FILE)],
+    }
     content["batches.meta"] = {"label_names": list(CLASSES), "num_cases_per_batch": PER_FILE, "num_vis": 3072}
     if fmt == "archive":
         content[CODEC] = "gz"
@@ -199,8 +216,11 @@ def _write_npz(folder: Path, content: dict) -> None:
             continue
         if isinstance(value, bytes):
             raw = bytes(value)
-        elif isinstance(base.get(name), dict) and value.keys() == base[name].keys() and \
-                all(value[k] is base[name][k] for k in value):
+        elif (
+            isinstance(base.get(name), dict)
+            and value.keys() == base[name].keys()
+            and all(value[k] is base[name][k] for k in value)
+        ):
             raw = _base_npz_xz(name)  # unchanged: compressed once per session, for speed
         else:
             raw = _xz(_npz(value))
@@ -261,6 +281,7 @@ def _archive_bytes(content: dict) -> bytes:
 
 # ---------------------------------------------------------------- cases
 
+
 @dataclass(frozen=True)
 class Case:
     fmt: str  # "npz" | "folder" | "archive"
@@ -287,6 +308,7 @@ def _bytes_post(target: str, op: Callable[[bytes, random.Random], bytes]):
     def post(folder: Path, rng: random.Random) -> None:
         path = folder / target
         path.write_bytes(op(path.read_bytes(), rng))
+
     return post
 
 
@@ -300,21 +322,23 @@ def _byte_ops(rng: random.Random) -> list[tuple[str, Callable[[bytes, random.Ran
 
     def flip(raw: bytes, r: random.Random) -> bytes:
         i = min(int(len(raw) * flip_at), len(raw) - 1)
-        return raw[:i] + bytes([raw[i] ^ (1 << r.randrange(8))]) + raw[i + 1:]
+        return raw[:i] + bytes([raw[i] ^ (1 << r.randrange(8))]) + raw[i + 1 :]
 
     def overwrite_middle(raw: bytes, r: random.Random) -> bytes:
         i = len(raw) // 2 - 8
-        return raw[:i] + _random(r, 16) + raw[i + 16:]
+        return raw[:i] + _random(r, 16) + raw[i + 16 :]
 
-    return [("truncated-to-0-bytes", lambda raw, r: b""),
-            *[(f"truncated-at-{f}", lambda raw, r, f=f: raw[:max(1, int(len(raw) * f))]) for f in fractions],
-            ("last-byte-cut", lambda raw, r: raw[:-1]),
-            ("random-bytes-same-length", lambda raw, r: _random(r, len(raw))),
-            ("random-bytes-short", lambda raw, r: _random(r, 37)),
-            ("zero-filled", lambda raw, r: bytes(len(raw))),
-            ("16-bytes-overwritten-mid-file", overwrite_middle),
-            (f"bit-flipped-at-{flip_at}", flip),
-            ("junk-appended", lambda raw, r: raw + _random(r, 24))]
+    return [
+        ("truncated-to-0-bytes", lambda raw, r: b""),
+        *[(f"truncated-at-{f}", lambda raw, r, f=f: raw[: max(1, int(len(raw) * f))]) for f in fractions],
+        ("last-byte-cut", lambda raw, r: raw[:-1]),
+        ("random-bytes-same-length", lambda raw, r: _random(r, len(raw))),
+        ("random-bytes-short", lambda raw, r: _random(r, 37)),
+        ("zero-filled", lambda raw, r: bytes(len(raw))),
+        ("16-bytes-overwritten-mid-file", overwrite_middle),
+        (f"bit-flipped-at-{flip_at}", flip),
+        ("junk-appended", lambda raw, r: raw + _random(r, 24)),
+    ]
 
 
 def _replace_with_folder(name: str):
@@ -322,6 +346,7 @@ def _replace_with_folder(name: str):
         (folder / name).unlink()
         (folder / name).mkdir()
         (folder / name / "inside").write_bytes(b"x")
+
     return post
 
 
@@ -329,6 +354,7 @@ def _symlink_loop(name: str):
     def post(folder: Path, rng: random.Random) -> None:
         (folder / name).unlink()
         os.symlink(name, folder / name)
+
     return post
 
 
@@ -336,6 +362,7 @@ def _dangling_symlink(name: str):
     def post(folder: Path, rng: random.Random) -> None:
         (folder / name).unlink()
         os.symlink("gone-" + name, folder / name)
+
     return post
 
 
@@ -343,6 +370,7 @@ def _fifo(name: str):
     def post(folder: Path, rng: random.Random) -> None:  # reading one would wait forever for a writer
         (folder / name).unlink()
         os.mkfifo(folder / name)
+
     return post
 
 
@@ -352,6 +380,7 @@ def _symlink_to_copy(name: str):
         elsewhere.mkdir(exist_ok=True)
         os.replace(folder / name, elsewhere / name)
         os.symlink(elsewhere / name, folder / name)
+
     return post
 
 
@@ -359,6 +388,7 @@ def _remove(*names: str):
     def post(folder: Path, rng: random.Random) -> None:
         for name in names:
             (folder / name).unlink()
+
     return post
 
 
@@ -369,6 +399,7 @@ def _empty_folder(folder: Path, rng: random.Random) -> None:
 
 def _extras(*junk_names: str):
     """Files that are not part of the format, full of junk, plus the usual clutter."""
+
     def post(folder: Path, rng: random.Random) -> None:
         for name in junk_names:
             (folder / name).write_bytes(_random(rng, 100))
@@ -378,12 +409,14 @@ def _extras(*junk_names: str):
         (folder / "backup" / "whatever").write_bytes(_random(rng, 10))
         os.symlink("loop", folder / "loop")
         os.mkfifo(folder / "a-pipe")
+
     return post
 
 
 def _set(file: str, **changes):
     """Change arrays (npz) or entries (batch dict) of one file; a callable gets the old value,
     ``DROP`` removes the key."""
+
     def pre(content: dict) -> None:
         d = content[file]
         for key, change in changes.items():
@@ -391,12 +424,14 @@ def _set(file: str, **changes):
                 d.pop(key)
             else:
                 d[key] = change(d[key]) if callable(change) else change
+
     return pre
 
 
 def _put(file: str, value):
     def pre(content: dict) -> None:
         content[file] = value(content) if callable(value) else value
+
     return pre
 
 
@@ -478,37 +513,96 @@ def _npz_file_cases(target: str, split: str) -> list[Case]:
     for name, fn in LABEL_OK.items():
         cases.append(Case("npz", f"{target}-{name}", OK, pre=_set(target, **{y: fn})))
     cases += [
-        Case("npz", f"{target}-no-images", ERROR, (target,),
-             pre=_set(target, **{x: lambda a: a[:0], y: lambda a: a[:0]}, **(
-                 {"lossless": lambda e: e[:0]} if split == "test" else {}))),
+        Case(
+            "npz",
+            f"{target}-no-images",
+            ERROR,
+            (target,),
+            pre=_set(
+                target,
+                **{x: lambda a: a[:0], y: lambda a: a[:0]},
+                **({"lossless": lambda e: e[:0]} if split == "test" else {}),
+            ),
+        ),
         Case("npz", f"{target}-missing-{x}", ERROR, (target, x), pre=_set(target, **{x: DROP})),
         Case("npz", f"{target}-missing-{y}", ERROR, (target, y), pre=_set(target, **{y: DROP})),
         Case("npz", f"{target}-no-arrays", ERROR, (target,), pre=_put(target, Raw(_xz(_npz({}))))),
-        Case("npz", f"{target}-other-split-keys", ERROR, (target, x),
-             pre=_put(target, lambda c: {k.replace(split, "other"): v for k, v in c[target].items()})),
-        Case("npz", f"{target}-extra-arrays", OK, pre=_set(target, notes=np.array("made by hand"),
-                                                       **{"odd\nname": np.zeros(2), "k" * 300: np.ones(1)})),
+        Case(
+            "npz",
+            f"{target}-other-split-keys",
+            ERROR,
+            (target, x),
+            pre=_put(target, lambda c: {k.replace(split, "other"): v for k, v in c[target].items()}),
+        ),
+        Case(
+            "npz",
+            f"{target}-extra-arrays",
+            OK,
+            pre=_set(target, notes=np.array("made by hand"), **{"odd\nname": np.zeros(2), "k" * 300: np.ones(1)}),
+        ),
         # an extra array that could not be read (objects need pickle) is never decoded
-        Case("npz", f"{target}-extra-object-array", OK,
-             pre=_set(target, extra=np.array([{"a": 1}, None], dtype=object))),
+        Case(
+            "npz", f"{target}-extra-object-array", OK, pre=_set(target, extra=np.array([{"a": 1}, None], dtype=object))
+        ),
         Case("npz", f"{target}-bare-npy", ERROR, (target,), pre=_put(target, lambda c: Raw(_xz(_npy(c[target][x]))))),
         Case("npz", f"{target}-xz-of-nothing", ERROR, (target,), pre=_put(target, Raw(_xz(b"")))),
-        Case("npz", f"{target}-xz-of-pickle", ERROR, (target,),
-             pre=_put(target, lambda c: Raw(_xz(pickle.dumps(c[target]))))),
+        Case(
+            "npz",
+            f"{target}-xz-of-pickle",
+            ERROR,
+            (target,),
+            pre=_put(target, lambda c: Raw(_xz(pickle.dumps(c[target])))),
+        ),
         Case("npz", f"{target}-xz-of-text", ERROR, (target,), pre=_put(target, Raw(_xz(b"x_test,y_test\n1,2\n")))),
         Case("npz", f"{target}-not-compressed", ERROR, (target,), pre=_put(target, lambda c: Raw(_npz(c[target])))),
-        Case("npz", f"{target}-gzip-not-xz", ERROR, (target,),
-             pre=_put(target, lambda c: Raw(__import__("gzip").compress(_npz(c[target]))))),
-        Case("npz", f"{target}-member-not-npy", ERROR, (target,),
-             pre=_put(target, lambda c: Raw(_xz(_npz_member_bytes(
-                 {x: b"raw bytes, not an array", f"{y}.npy": _npy(c[target][y])}))))),
-        Case("npz", f"{target}-member-npy-truncated", ERROR, (target,),
-             pre=_put(target, lambda c: Raw(_xz(_npz_member_bytes(
-                 {f"{x}.npy": _npy(c[target][x])[:200], f"{y}.npy": _npy(c[target][y])}))))),
-        Case("npz", f"{target}-member-npy-bad-header", ERROR, (target,),
-             pre=_put(target, lambda c: Raw(_xz(_npz_member_bytes(
-                 {f"{x}.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': 'zz'}\n" + bytes(100),
-                  f"{y}.npy": _npy(c[target][y])}))))),
+        Case(
+            "npz",
+            f"{target}-gzip-not-xz",
+            ERROR,
+            (target,),
+            pre=_put(target, lambda c: Raw(__import__("gzip").compress(_npz(c[target])))),
+        ),
+        Case(
+            "npz",
+            f"{target}-member-not-npy",
+            ERROR,
+            (target,),
+            pre=_put(
+                target,
+                lambda c: Raw(_xz(_npz_member_bytes({x: b"raw bytes, not an array", f"{y}.npy": _npy(c[target][y])}))),
+            ),
+        ),
+        Case(
+            "npz",
+            f"{target}-member-npy-truncated",
+            ERROR,
+            (target,),
+            pre=_put(
+                target,
+                lambda c: Raw(
+                    _xz(_npz_member_bytes({f"{x}.npy": _npy(c[target][x])[:200], f"{y}.npy": _npy(c[target][y])}))
+                ),
+            ),
+        ),
+        Case(
+            "npz",
+            f"{target}-member-npy-bad-header",
+            ERROR,
+            (target,),
+            pre=_put(
+                target,
+                lambda c: Raw(
+                    _xz(
+                        _npz_member_bytes(
+                            {
+                                f"{x}.npy": b"\x93NUMPY\x01\x00\x10\x00{'descr': 'zz'}\n" + bytes(100),
+                                f"{y}.npy": _npy(c[target][y]),
+                            }
+                        )
+                    )
+                ),
+            ),
+        ),
         Case("npz", f"{target}-is-a-folder", ERROR, (target,), post=_replace_with_folder(target)),
         Case("npz", f"{target}-symlink-loop", ERROR, (target,), post=_symlink_loop(target)),
         Case("npz", f"{target}-dangling-symlink", ERROR, (target,), post=_dangling_symlink(target)),
@@ -528,28 +622,55 @@ def _npz_cases(rng: random.Random) -> list[Case]:
     for target, split in (("test.npz.xz", "test"), ("train-1.npz.xz", "train")):
         cases += _npz_file_cases(target, split)
     for name, fn in LOSSLESS_DAMAGE.items():
-        cases.append(Case("npz", f"test.npz.xz-{name}", ERROR, ("test.npz.xz", "lossless"),
-                          pre=_set("test.npz.xz", lossless=fn)))
+        cases.append(
+            Case("npz", f"test.npz.xz-{name}", ERROR, ("test.npz.xz", "lossless"), pre=_set("test.npz.xz", lossless=fn))
+        )
     cases += [
         Case("npz", "test.npz.xz-missing", ERROR, ("test.npz.xz",), post=_remove("test.npz.xz")),
         # Without SHA256SUMS nothing says how many shards there are (the sample has only train-0),
         # so a missing last shard is seen only when verifying.
-        Case("npz", "train-1.npz.xz-missing", UNDETECTABLE_UNVERIFIED, ("train-1.npz.xz",),
-             post=_remove("train-1.npz.xz")),
+        Case(
+            "npz",
+            "train-1.npz.xz-missing",
+            UNDETECTABLE_UNVERIFIED,
+            ("train-1.npz.xz",),
+            post=_remove("train-1.npz.xz"),
+        ),
         Case("npz", "test.npz.xz-lossless-absent", OK, pre=_set("test.npz.xz", lossless=DROP), same_exact=False),
-        Case("npz", "train-0.npz.xz-missing-so-shards-have-a-gap", ERROR, ("train-0.npz.xz",),
-             post=_remove("train-0.npz.xz")),
+        Case(
+            "npz",
+            "train-0.npz.xz-missing-so-shards-have-a-gap",
+            ERROR,
+            ("train-0.npz.xz",),
+            post=_remove("train-0.npz.xz"),
+        ),
         Case("npz", "all-train-files-missing", ERROR, ("train-",), post=_remove("train-0.npz.xz", "train-1.npz.xz")),
         Case("npz", "empty-folder", ERROR, post=_empty_folder),
-        Case("npz", "extra-files", OK, post=_extras(
-            "._test.npz.xz", "._train-0.npz.xz", "train-0.npz.xz.bak", "train-old.npz.xz", "train-1 copy.npz.xz",
-            "train-1-copy.npz.xz", "train-01.npz.xz", "train-.npz.xz", "test.npz", "test.npz.xz~", "data_batch_1")),
+        Case(
+            "npz",
+            "extra-files",
+            OK,
+            post=_extras(
+                "._test.npz.xz",
+                "._train-0.npz.xz",
+                "train-0.npz.xz.bak",
+                "train-old.npz.xz",
+                "train-1 copy.npz.xz",
+                "train-1-copy.npz.xz",
+                "train-01.npz.xz",
+                "train-.npz.xz",
+                "test.npz",
+                "test.npz.xz~",
+                "data_batch_1",
+            ),
+        ),
     ]
     return cases + _sums_cases(rng)
 
 
 def _sums_cases(rng: random.Random) -> list[Case]:
     """Damage to SHA256SUMS: refused when verifying, never read otherwise."""
+
     def sums(make: Callable[[dict[str, str]], bytes]):
         return _put(SUMS, lambda c: make)
 
@@ -570,8 +691,10 @@ def _sums_cases(rng: random.Random) -> list[Case]:
         ("hash-without-name", text(lambda d: std(d) + ["a" * 64])),
         ("bsd-style-line", text(lambda d: [f"SHA256 ({n}) = {h}" for n, h in d.items()])),
         ("empty", sums(lambda d: b"")),
-        *[(f"truncated-at-{f}", sums(lambda d, f=f: _standard_sums(d)[:int(len(_standard_sums(d)) * f)]))
-          for f in cut],
+        *[
+            (f"truncated-at-{f}", sums(lambda d, f=f: _standard_sums(d)[: int(len(_standard_sums(d)) * f)]))
+            for f in cut
+        ],
         ("no-line-for-train-1", text(lambda d: [l for l in std(d) if "train-1" not in l])),
         ("conflicting-duplicate-line", text(lambda d: std(d) + [f"{'0' * 64}  test.npz.xz"])),
     ]
@@ -580,10 +703,20 @@ def _sums_cases(rng: random.Random) -> list[Case]:
         Case("npz", f"{SUMS}-is-a-folder", OK_UNVERIFIED, (SUMS,), post=_replace_with_folder(SUMS)),
         Case("npz", f"{SUMS}-symlink-loop", OK_UNVERIFIED, (SUMS,), post=_symlink_loop(SUMS)),
         Case("npz", f"{SUMS}-is-a-fifo", OK_UNVERIFIED, (SUMS,), post=_fifo(SUMS)),
-        Case("npz", f"{SUMS}-wrong-digest-for-test", OK_UNVERIFIED, ("test.npz.xz",),
-             pre=text(lambda d: [f"{d['train-0.npz.xz'] if n == 'test.npz.xz' else h}  {n}" for n, h in d.items()])),
-        Case("npz", f"{SUMS}-lists-a-missing-shard", OK_UNVERIFIED, ("train-2.npz.xz",),
-             pre=text(lambda d: std(d) + [f"{'1' * 64}  train-2.npz.xz"])),
+        Case(
+            "npz",
+            f"{SUMS}-wrong-digest-for-test",
+            OK_UNVERIFIED,
+            ("test.npz.xz",),
+            pre=text(lambda d: [f"{d['train-0.npz.xz'] if n == 'test.npz.xz' else h}  {n}" for n, h in d.items()]),
+        ),
+        Case(
+            "npz",
+            f"{SUMS}-lists-a-missing-shard",
+            OK_UNVERIFIED,
+            ("train-2.npz.xz",),
+            pre=text(lambda d: std(d) + [f"{'1' * 64}  train-2.npz.xz"]),
+        ),
     ]
     benign = [
         ("crlf", text(std, end="\r\n")),
@@ -627,7 +760,7 @@ BATCH_LABEL_DAMAGE = {
     "labels-one-string": lambda l: "".join(map(str, l)),
     "labels-one-short": lambda l: l[:-1],
     "labels-one-long": lambda l: [*l, 0],
-    "labels-huge-int": lambda l: [2 ** 70, *l[1:]],
+    "labels-huge-int": lambda l: [2**70, *l[1:]],
     "labels-float-array": lambda l: np.array(l, np.float32),
     "labels-none": lambda l: None,
     "labels-object-array": lambda l: np.array(l, dtype=object),
@@ -649,15 +782,26 @@ class _Evil:
 
 def _batch_container_cases(fmt: str, target: str) -> list[Case]:
     """Whole-pickle damage: wrong type, missing or doubled keys, foreign classes."""
+
     def rekey(conv):
         return _put(target, lambda c: {conv(k): v for k, v in c[target].items()})
 
     blame = (target,) if fmt == "folder" else (OFFICIAL_ARCHIVE, target)
     return [
-        Case(fmt, f"{target}-pickle-of-list", ERROR, blame,
-             pre=_put(target, lambda c: [c[target]["data"], c[target]["labels"]])),
-        Case(fmt, f"{target}-pickle-of-tuple", ERROR, blame,
-             pre=_put(target, lambda c: (c[target]["data"], c[target]["labels"]))),
+        Case(
+            fmt,
+            f"{target}-pickle-of-list",
+            ERROR,
+            blame,
+            pre=_put(target, lambda c: [c[target]["data"], c[target]["labels"]]),
+        ),
+        Case(
+            fmt,
+            f"{target}-pickle-of-tuple",
+            ERROR,
+            blame,
+            pre=_put(target, lambda c: (c[target]["data"], c[target]["labels"])),
+        ),
         Case(fmt, f"{target}-pickle-of-none", ERROR, blame, pre=_put(target, Pickled(None, 2))),
         Case(fmt, f"{target}-pickle-of-int", ERROR, blame, pre=_put(target, Pickled(7, 2))),
         Case(fmt, f"{target}-pickle-of-str", ERROR, blame, pre=_put(target, Pickled("data", 2))),
@@ -665,25 +809,53 @@ def _batch_container_cases(fmt: str, target: str) -> list[Case]:
         Case(fmt, f"{target}-empty-dict", ERROR, blame, pre=_put(target, {})),
         Case(fmt, f"{target}-missing-data", ERROR, blame + ("data",), pre=_set(target, data=DROP)),
         Case(fmt, f"{target}-missing-labels", ERROR, blame + ("labels",), pre=_set(target, labels=DROP)),
-        Case(fmt, f"{target}-cifar100-keys", ERROR, blame + ("labels",),
-             pre=rekey(lambda k: "fine_labels" if k == "labels" else k)),
+        Case(
+            fmt,
+            f"{target}-cifar100-keys",
+            ERROR,
+            blame + ("labels",),
+            pre=rekey(lambda k: "fine_labels" if k == "labels" else k),
+        ),
         Case(fmt, f"{target}-bytes-keys", OK, pre=rekey(lambda k: k.encode())),
-        Case(fmt, f"{target}-bytes-keys-protocol-4", OK,
-             pre=_put(target, lambda c: Pickled({k.encode(): v for k, v in c[target].items()}, 4))),
+        Case(
+            fmt,
+            f"{target}-bytes-keys-protocol-4",
+            OK,
+            pre=_put(target, lambda c: Pickled({k.encode(): v for k, v in c[target].items()}, 4)),
+        ),
         # Protocol 5 stores arrays through numpy's _frombuffer, which the restricted unpickler does
         # not admit: such a re-saved copy is refused, in one line.
-        Case(fmt, f"{target}-protocol-5", ERROR, blame + ("_frombuffer",),
-             pre=_put(target, lambda c: Pickled(c[target], 5))),
-        Case(fmt, f"{target}-str-and-bytes-keys", ERROR, blame + ("labels",),
-             pre=_put(target, lambda c: {**c[target], b"labels": list(reversed(c[target]["labels"]))})),
-        Case(fmt, f"{target}-extra-keys", OK,
-             pre=_set(target, extra=[1, "a", {"b": None}], **{"odd\nkey": b"\x00"})),
-        Case(fmt, f"{target}-non-str-extra-keys", OK,
-             pre=_put(target, lambda c: {**c[target], 5: "int key", ("t",): 1.5, b"\xff": None})),
-        Case(fmt, f"{target}-runs-code", ERROR, blame,
-             pre=_put(target, lambda c: {**c[target], "data": _Evil(str(Path(os.environ["DAMAGE_MARKER"])))})),
-        Case(fmt, f"{target}-foreign-numpy-class", ERROR, blame,
-             pre=_set(target, data=lambda d: np.ma.masked_array(d))),
+        Case(
+            fmt,
+            f"{target}-protocol-5",
+            ERROR,
+            blame + ("_frombuffer",),
+            pre=_put(target, lambda c: Pickled(c[target], 5)),
+        ),
+        Case(
+            fmt,
+            f"{target}-str-and-bytes-keys",
+            ERROR,
+            blame + ("labels",),
+            pre=_put(target, lambda c: {**c[target], b"labels": list(reversed(c[target]["labels"]))}),
+        ),
+        Case(fmt, f"{target}-extra-keys", OK, pre=_set(target, extra=[1, "a", {"b": None}], **{"odd\nkey": b"\x00"})),
+        Case(
+            fmt,
+            f"{target}-non-str-extra-keys",
+            OK,
+            pre=_put(target, lambda c: {**c[target], 5: "int key", ("t",): 1.5, b"\xff": None}),
+        ),
+        Case(
+            fmt,
+            f"{target}-runs-code",
+            ERROR,
+            blame,
+            pre=_put(target, lambda c: {**c[target], "data": _Evil(str(Path(os.environ["DAMAGE_MARKER"])))}),
+        ),
+        Case(
+            fmt, f"{target}-foreign-numpy-class", ERROR, blame, pre=_set(target, data=lambda d: np.ma.masked_array(d))
+        ),
         Case(fmt, f"{target}-is-not-a-pickle", ERROR, blame, pre=_put(target, Raw(b"data,labels\n1,2\n"))),
     ]
 
@@ -693,8 +865,11 @@ def _folder_cases(rng: random.Random) -> list[Case]:
     for target in ("test_batch", "data_batch_3"):
         for op_name, op in _byte_ops(rng):
             # a pickle has no checksum of its own: altered pixel or label bytes can still unpickle
-            outcome = (UNDETECTABLE_UNVERIFIED if op_name in ("16-bytes-overwritten-mid-file", "junk-appended")
-                       or op_name.startswith("bit-flipped") else ERROR)
+            outcome = (
+                UNDETECTABLE_UNVERIFIED
+                if op_name in ("16-bytes-overwritten-mid-file", "junk-appended") or op_name.startswith("bit-flipped")
+                else ERROR
+            )
             cases.append(Case("folder", f"{target}-{op_name}", outcome, (target,), post=_bytes_post(target, op)))
         cases += [
             Case("folder", f"{target}-is-a-folder", ERROR, (target,), post=_replace_with_folder(target)),
@@ -707,16 +882,26 @@ def _folder_cases(rng: random.Random) -> list[Case]:
     for name, fn in BATCH_DATA_DAMAGE.items():
         cases.append(Case("folder", f"test_batch-{name}", ERROR, ("test_batch",), pre=_set("test_batch", data=fn)))
     for name, fn in BATCH_LABEL_DAMAGE.items():
-        cases.append(Case("folder", f"data_batch_2-{name}", ERROR, ("data_batch_2",),
-                          pre=_set("data_batch_2", labels=fn)))
+        cases.append(
+            Case("folder", f"data_batch_2-{name}", ERROR, ("data_batch_2",), pre=_set("data_batch_2", labels=fn))
+        )
     for name, fn in BATCH_LABEL_OK.items():
         cases.append(Case("folder", f"data_batch_2-{name}", OK, pre=_set("data_batch_2", labels=fn)))
     cases += [
-        Case("folder", "test_batch-no-images", ERROR, ("test_batch",),
-             pre=_set("test_batch", data=lambda d: d[:0], labels=[])),
+        Case(
+            "folder",
+            "test_batch-no-images",
+            ERROR,
+            ("test_batch",),
+            pre=_set("test_batch", data=lambda d: d[:0], labels=[]),
+        ),
         Case("folder", "empty-folder", ERROR, ("data_batch_1",), post=_empty_folder),
-        Case("folder", "extra-files", OK, post=_extras(
-            "readme.html", "data_batch_6", "data_batch_1.bak", "._data_batch_1", "test_batch~")),
+        Case(
+            "folder",
+            "extra-files",
+            OK,
+            post=_extras("readme.html", "data_batch_6", "data_batch_1.bak", "._data_batch_1", "test_batch~"),
+        ),
     ]
     return cases + _batch_container_cases("folder", "data_batch_4")
 
@@ -733,6 +918,7 @@ def _archive_cases(rng: random.Random) -> list[Case]:
             moved = {(k if k == CODEC else f"{prefix}/{k}"): v for k, v in content.items()}
             content.clear()
             content.update(moved)
+
         return pre
 
     cases += [
@@ -741,12 +927,30 @@ def _archive_cases(rng: random.Random) -> list[Case]:
         Case("archive", "zip-named-tar-gz", ERROR, (a,), pre=codec("zip")),
         Case("archive", "no-test_batch-member", ERROR, (a, "test_batch"), pre=lambda c: c.pop("test_batch")),
         Case("archive", "test_batch-member-is-a-folder", ERROR, (a, "test_batch"), pre=_put("test_batch", DIR)),
-        Case("archive", "test_batch-member-is-a-symlink", ERROR, (a, "test_batch"),
-             pre=_put("test_batch", TarSymlink("data_batch_1"))),
-        Case("archive", "members-in-another-folder", ERROR, (a, "data_batch_1"), pre=move_all("cifar-10-batches-py-old")),
-        Case("archive", "extra-members", OK, pre=lambda c: c.update({
-            "readme.html": Raw(b"<html>"), "../escape.txt": Raw(b"out"), "/absolute.txt": Raw(b"abs"),
-            "other/test_batch": Raw(b"junk"), "data_batch_6": Raw(b"junk")})),
+        Case(
+            "archive",
+            "test_batch-member-is-a-symlink",
+            ERROR,
+            (a, "test_batch"),
+            pre=_put("test_batch", TarSymlink("data_batch_1")),
+        ),
+        Case(
+            "archive", "members-in-another-folder", ERROR, (a, "data_batch_1"), pre=move_all("cifar-10-batches-py-old")
+        ),
+        Case(
+            "archive",
+            "extra-members",
+            OK,
+            pre=lambda c: c.update(
+                {
+                    "readme.html": Raw(b"<html>"),
+                    "../escape.txt": Raw(b"out"),
+                    "/absolute.txt": Raw(b"abs"),
+                    "other/test_batch": Raw(b"junk"),
+                    "data_batch_6": Raw(b"junk"),
+                }
+            ),
+        ),
         Case("archive", "is-a-folder", ERROR, (a,), post=_replace_with_folder(a)),
         Case("archive", "symlink-loop", ERROR, (a,), post=_symlink_loop(a)),
         Case("archive", "dangling-symlink", ERROR, (a,), post=_dangling_symlink(a)),
@@ -755,14 +959,31 @@ def _archive_cases(rng: random.Random) -> list[Case]:
         Case("archive", "extra-files-beside-it", OK, post=_extras("cifar-10-python.tar.gz.part", "._" + a)),
     ]
     for name in ("data-float32", "data-hwc-images"):
-        cases.append(Case("archive", f"test_batch-{name}", ERROR, (a, "test_batch"),
-                          pre=_set("test_batch", data=BATCH_DATA_DAMAGE[name])))
+        cases.append(
+            Case(
+                "archive",
+                f"test_batch-{name}",
+                ERROR,
+                (a, "test_batch"),
+                pre=_set("test_batch", data=BATCH_DATA_DAMAGE[name]),
+            )
+        )
     for name in ("labels-str", "labels-float-integral", "labels-10"):
-        cases.append(Case("archive", f"test_batch-{name}", ERROR, (a, "test_batch"),
-                          pre=_set("test_batch", labels=BATCH_LABEL_DAMAGE[name])))
-    return cases + [c for c in _batch_container_cases("archive", "test_batch")
-                    if c.name.split("test_batch-")[1] in ("pickle-of-list", "missing-labels", "bytes-keys",
-                                                          "runs-code", "str-and-bytes-keys", "is-not-a-pickle")]
+        cases.append(
+            Case(
+                "archive",
+                f"test_batch-{name}",
+                ERROR,
+                (a, "test_batch"),
+                pre=_set("test_batch", labels=BATCH_LABEL_DAMAGE[name]),
+            )
+        )
+    return cases + [
+        c
+        for c in _batch_container_cases("archive", "test_batch")
+        if c.name.split("test_batch-")[1]
+        in ("pickle-of-list", "missing-labels", "bytes-keys", "runs-code", "str-and-bytes-keys", "is-not-a-pickle")
+    ]
 
 
 def _all_cases() -> list[Case]:
@@ -777,6 +998,7 @@ CASES = _all_cases()
 
 
 # ---------------------------------------------------------------- building, reading, checking
+
 
 @dataclass
 class Built:
@@ -831,8 +1053,9 @@ def snapshot(root: Path) -> dict[str, tuple]:
 
 def check_message(msg: str, case: Case, built: Built, context: str) -> None:
     assert len(msg.splitlines()) == 1 and "\n" not in msg and "\r" not in msg, f"{context}: not one line: {msg!r}"
-    assert str(built.folder) in msg or str(built.folder.resolve()) in msg, \
+    assert str(built.folder) in msg or str(built.folder.resolve()) in msg, (
         f"{context}: does not name the data folder {built.folder}: {msg}"
+    )
     for name in case.blame:
         assert name in msg, f"{context}: does not name {name!r}: {msg}"
     assert any(w in msg for w in FIX_WORDS), f"{context}: says no fix: {msg}"
@@ -861,8 +1084,10 @@ def test_damaged_copy_loads_exactly_or_fails_in_one_line(case, tmp_path, monkeyp
     before = snapshot(tmp_path)
     for verify in (True, False):
         expect = case.expected(verify)
-        calls = (("load_cifar10", functools.partial(load_cifar10, str(built.load_path), verify=verify)),
-                 (built.reader.__name__, functools.partial(built.reader, built.reader_path, verify=verify)))
+        calls = (
+            ("load_cifar10", functools.partial(load_cifar10, str(built.load_path), verify=verify)),
+            (built.reader.__name__, functools.partial(built.reader, built.reader_path, verify=verify)),
+        )
         for how, call in calls:
             context = f"{case.id} via {how}(verify={verify})"
             try:
@@ -877,6 +1102,7 @@ def test_damaged_copy_loads_exactly_or_fails_in_one_line(case, tmp_path, monkeyp
 
 
 # ---------------------------------------------------------------- smaller checks
+
 
 def test_damage_to_files_not_read_does_not_matter(tmp_path, monkeypatch):
     """``with_train=False`` (the eval command) reads only the test split."""
@@ -905,11 +1131,25 @@ def test_cli_train_reports_damage_in_one_line_and_leaves_no_run(case_id, tmp_pat
     built = build(case, tmp_path / "in", monkeypatch)
     before = snapshot(tmp_path / "in")
     out = tmp_path / "out"
-    rc = main(["train", "resnet18", "--data-dir", str(built.load_path), "--out", str(out), "--epochs", "1",
-               "--device", "cpu", "--quiet", *CLI_CASES[case_id]])
+    rc = main(
+        [
+            "train",
+            "resnet18",
+            "--data-dir",
+            str(built.load_path),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+            *CLI_CASES[case_id],
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 1, err
     assert err.startswith("archbench: error:") and err.endswith("\n") and err.count("\n") == 1, err
-    check_message(err[len("archbench: error: "):-1], case, built, case_id)
+    check_message(err[len("archbench: error: ") : -1], case, built, case_id)
     assert snapshot(tmp_path / "in") == before
     assert not out.exists(), sorted(out.rglob("*"))  # no run folder, no lock file

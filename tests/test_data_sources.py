@@ -64,8 +64,10 @@ def test_real_cifar10_loads_in_official_order():
 def test_official_python_folder_and_archive_read_back_exactly(tmp_path):
     folder, expected = make_official(tmp_path / "f")
     archive, expected_a = make_official(tmp_path / "a", archive=True)
-    for got, want in ((read_python_folder(folder, verify=False), expected),
-                      (read_python_archive(archive, verify=False), expected_a)):
+    for got, want in (
+        (read_python_folder(folder, verify=False), expected),
+        (read_python_archive(archive, verify=False), expected_a),
+    ):
         np.testing.assert_array_equal(got.x_train, want.x_train)  # CHW rows -> HWC images
         np.testing.assert_array_equal(got.y_train, want.y_train)
         np.testing.assert_array_equal(got.x_test, want.x_test)

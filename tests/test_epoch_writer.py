@@ -15,19 +15,39 @@ CPU = torch.device("cpu")
 
 def record(epoch: int) -> dict:
     """A history row as training writes it (the readers check every field)."""
-    return {"epoch": epoch, "lr": 0.1, "train_loss": 1.0, "train_acc": 50.0, "val_loss": 1.0,
-            "val_acc": float(epoch), "val_acc_exact": None, "train_seconds": 1.0, "eval_seconds": 0.5,
-            "epoch_seconds": 1.5}
+    return {
+        "epoch": epoch,
+        "lr": 0.1,
+        "train_loss": 1.0,
+        "train_acc": 50.0,
+        "val_loss": 1.0,
+        "val_acc": float(epoch),
+        "val_acc_exact": None,
+        "train_seconds": 1.0,
+        "eval_seconds": 0.5,
+        "epoch_seconds": 1.5,
+    }
 
 
 def files(epoch: int, best: bool = False) -> EpochFiles:
     weights = {"w": torch.full((3,), float(epoch))}
-    last = {"model_name": "m", "model": weights, "optimizer": {"state": {}, "param_groups": []}, "epoch": epoch,
-            "best_acc": float(epoch), "best_epoch": epoch, "rng": {"torch": torch.get_rng_state()}, "config": {},
-            "history": [record(e) for e in range(1, epoch + 1)], "gradflow": [[epoch, float(epoch), 1.0]]}
-    return EpochFiles(last, [record(epoch)],
-                      {"model_name": "m", "model": weights, "epoch": epoch, "val_acc": float(epoch), "config": {}}
-                      if best else None)
+    last = {
+        "model_name": "m",
+        "model": weights,
+        "optimizer": {"state": {}, "param_groups": []},
+        "epoch": epoch,
+        "best_acc": float(epoch),
+        "best_epoch": epoch,
+        "rng": {"torch": torch.get_rng_state()},
+        "config": {},
+        "history": [record(e) for e in range(1, epoch + 1)],
+        "gradflow": [[epoch, float(epoch), 1.0]],
+    }
+    return EpochFiles(
+        last,
+        [record(epoch)],
+        {"model_name": "m", "model": weights, "epoch": epoch, "val_acc": float(epoch), "config": {}} if best else None,
+    )
 
 
 class GatedWrites:

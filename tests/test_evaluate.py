@@ -22,8 +22,9 @@ class OpLog(TorchDispatchMode):
 
 def batches(n_batches: int, size: int = 8):
     g = torch.Generator().manual_seed(n_batches)
-    return [(torch.randn(size, 3, 4, 4, generator=g), torch.randint(0, 10, (size,), generator=g))
-            for _ in range(n_batches)]
+    return [
+        (torch.randn(size, 3, 4, 4, generator=g), torch.randint(0, 10, (size,), generator=g)) for _ in range(n_batches)
+    ]
 
 
 def model():
@@ -38,8 +39,11 @@ def host_reads(n_batches: int) -> list[str]:
     m = model()
     with OpLog() as log:
         evaluate(m, data, torch.device("cpu"), exact, keep_outputs=True)
-    return [op for op in log.ops if "_local_scalar_dense" in op or "nonzero" in op or "index.Tensor" in op
-            or "masked_select" in op]
+    return [
+        op
+        for op in log.ops
+        if "_local_scalar_dense" in op or "nonzero" in op or "index.Tensor" in op or "masked_select" in op
+    ]
 
 
 def test_evaluation_with_an_exactness_mask_reads_the_host_a_fixed_number_of_times():

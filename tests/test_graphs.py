@@ -86,8 +86,16 @@ def _train(model_name: str, graphed: bool):
     for epoch in range(3):
         for g in opt.param_groups:
             g["lr"] = 0.05 if epoch < 2 else 0.005
-        epochs.append(train_one_epoch(model, pipe.train_batches(epoch), step, CPU, tally,
-                                      after_step=lambda i: grads.after_step(i, step.grads_of)))
+        epochs.append(
+            train_one_epoch(
+                model,
+                pipe.train_batches(epoch),
+                step,
+                CPU,
+                tally,
+                after_step=lambda i: grads.after_step(i, step.grads_of),
+            )
+        )
         norms += grads.take(epoch + 1)
     return model, opt, epochs, norms, (host.captures if graphed else None)
 

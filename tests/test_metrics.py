@@ -10,8 +10,10 @@ def H(lr, train_acc, val_acc, train_loss, val_loss):
     """Records from per-epoch columns (equal-length lists), epochs from 1."""
     cols = (lr, train_acc, val_acc, train_loss, val_loss)
     assert len({len(c) for c in cols}) == 1
-    return [{"epoch": i + 1, "lr": a, "train_acc": b, "val_acc": c, "train_loss": d, "val_loss": e}
-            for i, (a, b, c, d, e) in enumerate(zip(*cols))]
+    return [
+        {"epoch": i + 1, "lr": a, "train_acc": b, "val_acc": c, "train_loss": d, "val_loss": e}
+        for i, (a, b, c, d, e) in enumerate(zip(*cols))
+    ]
 
 
 # lr 0.1 for epochs 1-5, 0.01 for 6-8, 0.001 for 9-10.
@@ -53,10 +55,10 @@ def test_first_epoch_above_and_below():
 def test_fluctuation_hand_computed():
     cubic = np.array([-1, 2, 0, -2, 1], dtype=float)
     t = np.arange(-2, 3)
-    assert metrics.fluctuation(cubic) == pytest.approx(2 ** 0.5)
+    assert metrics.fluctuation(cubic) == pytest.approx(2**0.5)
     # a quadratic trend underneath changes nothing: the smoother takes it all
-    assert metrics.fluctuation(cubic + 3 * t ** 2 + t + 5) == pytest.approx(2 ** 0.5)
-    assert metrics.fluctuation(3 * t ** 2 + t + 5) == pytest.approx(0, abs=1e-9)
+    assert metrics.fluctuation(cubic + 3 * t**2 + t + 5) == pytest.approx(2**0.5)
+    assert metrics.fluctuation(3 * t**2 + t + 5) == pytest.approx(0, abs=1e-9)
     assert metrics.fluctuation([1, 2, 3, 4]) is None  # shorter than the 5-epoch window
     assert metrics.fluctuation([1, 2, 3, 4], window=3) is not None
 
@@ -77,7 +79,7 @@ def test_phase_stability():
     p1, p2, p3 = metrics.phase_stability(HIST)
     # phase 1 val acc 67, 77, 80, 81, 85: mean 78, deviations -11, -1, 2, 3, 7
     assert p1["val_acc_std"] == pytest.approx(((121 + 1 + 4 + 9 + 49) / 5) ** 0.5)
-    assert p1["val_acc_fluctuation"] == pytest.approx(2 ** 0.5)
+    assert p1["val_acc_fluctuation"] == pytest.approx(2**0.5)
     assert (p1["lr"], p1["first_epoch"], p1["last_epoch"]) == (0.1, 1, 5)
     assert p2["val_acc_fluctuation"] is None and p3["val_acc_fluctuation"] is None  # 3 and 2 epochs < 5
     assert p2["val_acc_std"] == pytest.approx(np.std([90, 91, 90.5]))
@@ -115,8 +117,13 @@ def test_milestone_jump_of_pure_noise_is_unbiased_unlike_best_of_three():
 
 def test_plateau_over_last_epochs():
     p = metrics.plateau(HIST, epochs=3)
-    assert p == {"epochs": 3, "val_acc_mean": pytest.approx((90.5 + 91.5 + 91.5) / 3), "val_acc_min": 90.5,
-                 "val_acc_max": 91.5, "val_acc_range": pytest.approx(1.0)}
+    assert p == {
+        "epochs": 3,
+        "val_acc_mean": pytest.approx((90.5 + 91.5 + 91.5) / 3),
+        "val_acc_min": 90.5,
+        "val_acc_max": 91.5,
+        "val_acc_range": pytest.approx(1.0),
+    }
     assert metrics.plateau(HIST)["epochs"] == 10  # fewer epochs than the window: all of them
 
 
@@ -131,8 +138,8 @@ def test_summarize_flattens_everything():
     assert (s["epochs_to_80"], s["epochs_to_90"], s["epochs_to_train_loss"]) == (3, 6, 5)
     assert s["not_reached"] == []
     assert s["phase1_train_loss_mean"] == pytest.approx((1.5 + 0.9 + 0.6 + 0.55 + 0.5) / 5)
-    assert s["phase1_val_acc_fluctuation"] == pytest.approx(2 ** 0.5)
-    assert s["phase1_val_acc_std"] == pytest.approx(36.8 ** 0.5)
+    assert s["phase1_val_acc_fluctuation"] == pytest.approx(2**0.5)
+    assert s["phase1_val_acc_std"] == pytest.approx(36.8**0.5)
     assert s["milestone1_val_acc_jump"] == pytest.approx(8.5) and s["milestone2_val_loss_jump"] == pytest.approx(-0.02)
     assert "milestone3_val_acc_jump" not in s
     assert s["plateau_val_acc_range"] == pytest.approx(91.5 - 67)  # 10 epochs < 20: the whole run
@@ -160,14 +167,23 @@ def test_summarize_counts_never_reached_as_planned_plus_one():
 def test_labels_cover_summarize_keys():
     keys = set(metrics.summarize(HIST)) - {"not_reached"}
     assert keys <= set(metrics.METRIC_LABELS)
-    assert metrics.LOWER_IS_BETTER == {"epochs_to_80", "epochs_to_90", "epochs_to_train_loss",
-                                       "phase1_train_loss_mean", "phase1_val_acc_fluctuation",
-                                       "phase1_val_acc_std"}
+    assert metrics.LOWER_IS_BETTER == {
+        "epochs_to_80",
+        "epochs_to_90",
+        "epochs_to_train_loss",
+        "phase1_train_loss_mean",
+        "phase1_val_acc_fluctuation",
+        "phase1_val_acc_std",
+    }
     assert metrics.METRIC_LABELS["epochs_to_train_loss"] == "epochs to train loss ≤ 0.5"
-    assert (metrics.METRIC_LABELS["phase1_val_acc_fluctuation"]
-            == "val acc fluctuation around its trend, first LR phase (pp RMS)")
-    assert (metrics.METRIC_LABELS["milestone1_val_acc_jump"]
-            == "val acc change at 1st LR step, mean of 3 epochs after − before (pp)")
+    assert (
+        metrics.METRIC_LABELS["phase1_val_acc_fluctuation"]
+        == "val acc fluctuation around its trend, first LR phase (pp RMS)"
+    )
+    assert (
+        metrics.METRIC_LABELS["milestone1_val_acc_jump"]
+        == "val acc change at 1st LR step, mean of 3 epochs after − before (pp)"
+    )
     assert metrics.METRIC_LABELS["milestone2_val_loss_jump"].startswith("val loss change at 2nd LR step")
 
 
@@ -177,7 +193,7 @@ def test_mean_band_averages_the_runs_that_reached_each_epoch():
     epochs, mean, std, count = metrics.mean_band([a, b], "val_acc")
     assert epochs == [1, 2, 3, 4] and count == [2, 2, 2, 1]
     assert mean == pytest.approx([15, 30, 45, 40])
-    assert std == pytest.approx([10 / 2 ** 0.5, 20 / 2 ** 0.5, 30 / 2 ** 0.5, 0.0])  # sample std, ddof=1
+    assert std == pytest.approx([10 / 2**0.5, 20 / 2**0.5, 30 / 2**0.5, 0.0])  # sample std, ddof=1
     assert metrics.mean_band([a], "val_acc") == ([1, 2, 3, 4], [10, 20, 30, 40], [0.0] * 4, [1] * 4)
     with pytest.raises(ValueError):
         metrics.mean_band([a, b[1:]], "val_acc")  # epochs 1-3 vs 2-3: not the same epochs

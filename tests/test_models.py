@@ -10,8 +10,14 @@ from archbench.errors import ArchbenchError
 from archbench.models import MODELS, count_parameters, create_model
 from archbench.models.resnet import BasicBlock
 
-EXPECTED_PARAMS = {"resnet18": 11_173_962, "vgg19_bn": 38_958_922, "vgg19": 38_947_914,
-                   "plain18": 11_000_138, "resnet34": 21_282_122, "plain34": 21_108_298}
+EXPECTED_PARAMS = {
+    "resnet18": 11_173_962,
+    "vgg19_bn": 38_958_922,
+    "vgg19": 38_947_914,
+    "plain18": 11_000_138,
+    "resnet34": 21_282_122,
+    "plain34": 21_108_298,
+}
 
 
 @pytest.mark.parametrize("name", list(MODELS))
@@ -101,8 +107,14 @@ def _torchvision_cifar_vgg(batch_norm: bool) -> nn.Module:
     m.features[0] = nn.Conv2d(3, 64, 3, padding=1)
     m.avgpool = nn.AdaptiveAvgPool2d(1)
     m.classifier = nn.Sequential(
-        nn.Linear(512, 4096), nn.ReLU(True), nn.Dropout(0.5),
-        nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(4096, 10))
+        nn.Linear(512, 4096),
+        nn.ReLU(True),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 4096),
+        nn.ReLU(True),
+        nn.Dropout(0.5),
+        nn.Linear(4096, 10),
+    )
     return m
 
 

@@ -23,7 +23,7 @@ def _all_windows(x_hwc: np.ndarray) -> dict[bytes, tuple[int, int, int, bool]]:
     for i, img in enumerate(padded):
         for dy in range(9):
             for dx in range(9):
-                w = np.ascontiguousarray(img[:, dy:dy + 32, dx:dx + 32])
+                w = np.ascontiguousarray(img[:, dy : dy + 32, dx : dx + 32])
                 table[w.tobytes()] = (i, dy, dx, False)
                 table[np.ascontiguousarray(w[:, :, ::-1]).tobytes()] = (i, dy, dx, True)
     return table

@@ -28,9 +28,25 @@ from conftest import REPO, SAMPLE_DIR, make_official, needs_sample, synthetic
 
 DRIVER = Path(__file__).with_name("fault_driver.py")
 EPOCHS = 4  # 40 images / batch 16 = 3 steps per epoch
-ARGS = ["train", "resnet18", "--epochs", str(EPOCHS), "--milestones", "2", "--train-subset", "40",
-        "--test-subset", "20", "--batch-size", "16", "--device", "cpu", "--quiet",
-        "--data-dir", str(SAMPLE_DIR)]
+ARGS = [
+    "train",
+    "resnet18",
+    "--epochs",
+    str(EPOCHS),
+    "--milestones",
+    "2",
+    "--train-subset",
+    "40",
+    "--test-subset",
+    "20",
+    "--batch-size",
+    "16",
+    "--device",
+    "cpu",
+    "--quiet",
+    "--data-dir",
+    str(SAMPLE_DIR),
+]
 TIMING = ("train_seconds", "eval_seconds", "epoch_seconds")
 UMASK = 0o022  # the usual one: files 0644, folders 0755
 
@@ -55,8 +71,7 @@ def assert_same_run(a: Path, b: Path) -> None:
         sa, sb = checkpoint.load(a / name)["model"], checkpoint.load(b / name)["model"]
         assert all(torch.equal(sa[k], sb[k]) for k in sb), f"{name} differs"
     oa, ob = checkpoint.load(a / "last.pt")["optimizer"], checkpoint.load(b / "last.pt")["optimizer"]
-    assert all(torch.equal(oa["state"][k]["momentum_buffer"], ob["state"][k]["momentum_buffer"])
-               for k in ob["state"])
+    assert all(torch.equal(oa["state"][k]["momentum_buffer"], ob["state"][k]["momentum_buffer"]) for k in ob["state"])
     assert (a / "gradflow.csv").read_bytes() == (b / "gradflow.csv").read_bytes()
     assert not list(a.glob(".*.tmp")), "temp files of killed writes were left behind"
 
@@ -75,10 +90,10 @@ def uninterrupted(tmp_path_factory):
 def test_killed_at_chosen_moments_resumes_bit_identical(tmp_path, uninterrupted):
     rng = random.Random(20261128)
     faults = [
-        "write:best.pt:1",               # during the first checkpoint write, before its rename
-        "partial:last.pt:1",             # half-way through writing last.pt
-        f"step:{rng.randint(4, 6)}",     # mid-epoch, after epoch 1 is checkpointed
-        "append:history.jsonl:1",        # after the CSV row, before the JSON-lines row
+        "write:best.pt:1",  # during the first checkpoint write, before its rename
+        "partial:last.pt:1",  # half-way through writing last.pt
+        f"step:{rng.randint(4, 6)}",  # mid-epoch, after epoch 1 is checkpointed
+        "append:history.jsonl:1",  # after the CSV row, before the JSON-lines row
         f"write:last.pt:{rng.randint(1, 2)}",
     ]
     out = tmp_path / "out"
@@ -151,10 +166,17 @@ def test_second_process_on_a_run_folder_is_refused_and_kill_frees_it(tmp_path):
         p = run(tmp_path / "out")
         assert p.returncode == 1 and "is in use by another archbench process (pid" in p.stderr
         assert f"pid {os.getpid()}" in p.stderr
-    holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time; from archbench.train.lock import run_lock\n"
-                               f"with run_lock({str(d)!r}):\n print('locked', flush=True); time.sleep(60)"],
-                              env={**os.environ, "PYTHONPATH": str(REPO / "src")}, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from archbench.train.lock import run_lock\n"
+            f"with run_lock({str(d)!r}):\n print('locked', flush=True); time.sleep(60)",
+        ],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     holder.send_signal(signal.SIGKILL)
     holder.wait()
@@ -221,8 +243,22 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     p = run(tmp_path / "o", "none", "--data-dir", str(tmp_path / "nothing"))
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    p = subprocess.run([sys.executable, "-m", "archbench", "--debug", *ARGS, "--out", str(tmp_path / "o"),
-                        "--data-dir", str(tmp_path / "nothing")], env=env, capture_output=True, text=True)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "archbench",
+            "--debug",
+            *ARGS,
+            "--out",
+            str(tmp_path / "o"),
+            "--data-dir",
+            str(tmp_path / "nothing"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 1 and "Traceback" in p.stderr and "CIFAR-10 not found" in p.stderr
 
 
@@ -241,8 +277,10 @@ def _npz_folder(root: Path, **overrides) -> Path:
     import lzma
 
     d = synthetic(40, 20)
-    files = {"train-0.npz.xz": dict(x_train=d.x_train, y_train=d.y_train),
-             "test.npz.xz": dict(x_test=d.x_test, y_test=d.y_test, lossless=np.ones(20, bool))}
+    files = {
+        "train-0.npz.xz": dict(x_train=d.x_train, y_train=d.y_train),
+        "test.npz.xz": dict(x_test=d.x_test, y_test=d.y_test, lossless=np.ones(20, bool)),
+    }
     root.mkdir(parents=True)
     sums = []
     for name, arrays in files.items():
@@ -274,12 +312,12 @@ def _truncated_archive(root: Path) -> Path:
 
 DATA_FAULTS = {
     "missing file": (lambda r: (_npz_folder(r), (r / "test.npz.xz").unlink()), "missing test.npz.xz; copy"),
-    "wrong checksum": (lambda r: (_npz_folder(r), _break_checksum(r)),
-                       "test.npz.xz: SHA-256 checksum"),
-    "wrong shapes": (lambda r: _npz_folder(r, x_train=np.zeros((40, 32, 32), np.uint8)),
-                     "train-0.npz.xz: images have shape (40, 32, 32)"),
-    "labels out of range": (lambda r: _npz_folder(r, y_test=np.arange(20) + 3),
-                            "test.npz.xz: labels range over 3..22"),
+    "wrong checksum": (lambda r: (_npz_folder(r), _break_checksum(r)), "test.npz.xz: SHA-256 checksum"),
+    "wrong shapes": (
+        lambda r: _npz_folder(r, x_train=np.zeros((40, 32, 32), np.uint8)),
+        "train-0.npz.xz: images have shape (40, 32, 32)",
+    ),
+    "labels out of range": (lambda r: _npz_folder(r, y_test=np.arange(20) + 3), "test.npz.xz: labels range over 3..22"),
     "truncated file": (lambda r: (_npz_folder(r), _truncate(r)), "train-0.npz.xz: not a readable .npz.xz"),
     "truncated archive": (_truncated_archive, "cifar-10-python.tar.gz: not a readable .tar.gz"),
 }
@@ -292,8 +330,22 @@ def test_each_data_fault_is_one_line_naming_the_file_and_fix(fault, tmp_path, ca
     make, expected = DATA_FAULTS[fault]
     make(tmp_path / "data")
     verify = [] if fault != "truncated archive" else ["--no-verify-data"]
-    code = main(["train", "resnet18", "--epochs", "1", "--device", "cpu", "--quiet", *verify,
-                 "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "train",
+            "resnet18",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+            *verify,
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and expected in err, err
     assert any(fix in err for fix in ("fresh copy", "download it again", "copy the complete", "copy it again"))
@@ -301,6 +353,7 @@ def test_each_data_fault_is_one_line_naming_the_file_and_fix(fault, tmp_path, ca
 
 
 # ---------------------------------------------------------------- the file system, signals, other data
+
 
 def _main(capsys, *argv: str) -> tuple[int, str, str]:
     from archbench.cli import main
@@ -319,26 +372,39 @@ def _private_mount_namespace(script: str, timeout: int = 300) -> subprocess.Comp
     small tmpfs (a real file system that fills up, or turns read-only) without privileges."""
     if shutil.which("unshare") is None:
         pytest.skip("unshare (util-linux) is not installed: no private mount namespace for a small tmpfs")
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
-                            "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True, text=True)
+    probe = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+        capture_output=True,
+        text=True,
+    )
     if probe.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs in a private namespace here ({probe.stderr.strip()[:120]}); "
-                    f"a real full or read-only file system cannot be made")
+        pytest.skip(
+            f"cannot mount a tmpfs in a private namespace here ({probe.stderr.strip()[:120]}); "
+            f"a real full or read-only file system cannot be made"
+        )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
-                          env=env, capture_output=True, text=True, timeout=timeout, umask=UMASK)
+    return subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        umask=UMASK,
+    )
 
 
 def _cli(args: list[str], out: str, tag: str) -> str:
     """A shell line running the CLI with ``args``; its exit code, stdout and stderr go to ``out``/tag.*"""
     quoted = " ".join(f"'{a}'" for a in args)
-    return (f"{sys.executable} -m archbench {quoted} >{out}/{tag}.out 2>{out}/{tag}.err; "
-            f"echo $? >{out}/{tag}.rc")
+    return f"{sys.executable} -m archbench {quoted} >{out}/{tag}.out 2>{out}/{tag}.err; echo $? >{out}/{tag}.rc"
 
 
 def _result(folder: Path, tag: str) -> tuple[int, str, str]:
-    return (int((folder / f"{tag}.rc").read_text()), (folder / f"{tag}.out").read_text(),
-            (folder / f"{tag}.err").read_text())
+    return (
+        int((folder / f"{tag}.rc").read_text()),
+        (folder / f"{tag}.out").read_text(),
+        (folder / f"{tag}.err").read_text(),
+    )
 
 
 @needs_sample
@@ -348,14 +414,19 @@ def test_a_really_full_disk_is_one_line_and_the_run_resumes_bit_identical(tmp_pa
     mnt.mkdir(), logs.mkdir()
     args = ARGS[:-2] + ["--data-dir", str(SAMPLE_DIR), "--out", f"{mnt}/out"]
     # resnet18's best.pt is 45 MB and last.pt 90 MB: 160 MB holds epoch 1, not epoch 2's temp files.
-    script = "; ".join([
-        f"mount -t tmpfs -o size=160m tmpfs {mnt}", _cli(args, logs, "full"),
-        f"ls -A {mnt}/out/resnet18 >{logs}/after_full.ls",
-        f"{sys.executable} -c \"import sys; sys.path.insert(0, '{REPO / 'src'}'); "
-        f"from archbench.train import checkpoint; "
-        f"print(checkpoint.load('{mnt}/out/resnet18/last.pt')['epoch'])\" >{logs}/epoch_kept",
-        f"mount -o remount,size=400m {mnt}", _cli(args + ["--resume"], logs, "resumed"),
-        f"cp -a {mnt}/out/resnet18 {copy}"])
+    script = "; ".join(
+        [
+            f"mount -t tmpfs -o size=160m tmpfs {mnt}",
+            _cli(args, logs, "full"),
+            f"ls -A {mnt}/out/resnet18 >{logs}/after_full.ls",
+            f"{sys.executable} -c \"import sys; sys.path.insert(0, '{REPO / 'src'}'); "
+            f"from archbench.train import checkpoint; "
+            f"print(checkpoint.load('{mnt}/out/resnet18/last.pt')['epoch'])\" >{logs}/epoch_kept",
+            f"mount -o remount,size=400m {mnt}",
+            _cli(args + ["--resume"], logs, "resumed"),
+            f"cp -a {mnt}/out/resnet18 {copy}",
+        ]
+    )
     p = _private_mount_namespace(script)
     assert p.returncode == 0, p.stderr
     code, _, err = _result(logs, "full")
@@ -378,15 +449,32 @@ def test_read_only_output_is_one_line_for_every_writing_command_and_bench_fails_
     commands = {
         "train": ARGS[:-2] + data + ["--out", f"{mnt}/out"],
         "resume": ARGS[:-2] + data + ["--out", f"{mnt}/runs", "--resume"],  # a finished run, now read-only
-        "bench": ["bench", "resnet18", "--synthetic", "--device", "cpu", "--train-subset", "40",
-                  "--test-subset", "20", "--json", f"{mnt}/bench/results.json"],
+        "bench": [
+            "bench",
+            "resnet18",
+            "--synthetic",
+            "--device",
+            "cpu",
+            "--train-subset",
+            "40",
+            "--test-subset",
+            "20",
+            "--json",
+            f"{mnt}/bench/results.json",
+        ],
         "eval": ["eval", f"{mnt}/runs/resnet18", *data, "--device", "cpu", "--out", f"{mnt}/eval"],
         "plot": ["plot", f"{mnt}/runs/resnet18", str(uninterrupted), "--out", f"{mnt}/plots"],
     }
-    script = "; ".join([f"mount -t tmpfs -o size=200m tmpfs {mnt}", f"mkdir {mnt}/runs",
-                        f"cp -a {uninterrupted} {mnt}/runs/resnet18", f"mount -o remount,ro {mnt}",
-                        *(_cli(args, logs, tag) for tag, args in commands.items()),
-                        f"ls -A {mnt}/runs/resnet18 >{logs}/run.ls"])
+    script = "; ".join(
+        [
+            f"mount -t tmpfs -o size=200m tmpfs {mnt}",
+            f"mkdir {mnt}/runs",
+            f"cp -a {uninterrupted} {mnt}/runs/resnet18",
+            f"mount -o remount,ro {mnt}",
+            *(_cli(args, logs, tag) for tag, args in commands.items()),
+            f"ls -A {mnt}/runs/resnet18 >{logs}/run.ls",
+        ]
+    )
     p = _private_mount_namespace(script)
     assert p.returncode == 0, p.stderr
     for tag in commands:
@@ -413,9 +501,11 @@ def test_names_beyond_the_file_system_limits_are_one_line(tmp_path, capsys):
 def test_unwritable_json_or_out_of_bench_eval_and_plot_fail_before_any_work(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    for argv in (["bench", "resnet18", "--synthetic", "--device", "cpu", "--json", f"{blocker}/b.json"],
-                 ["eval", str(tmp_path), "--test-subset", "20", "--out", f"{blocker}/eval"],
-                 ["plot", str(tmp_path), "--out", f"{blocker}/plots"]):
+    for argv in (
+        ["bench", "resnet18", "--synthetic", "--device", "cpu", "--json", f"{blocker}/b.json"],
+        ["eval", str(tmp_path), "--test-subset", "20", "--out", f"{blocker}/eval"],
+        ["plot", str(tmp_path), "--out", f"{blocker}/plots"],
+    ):
         code, out, err = _main(capsys, *argv)
         assert code == 1 and _one_line(err), err
         assert "a part of the path is a file, not a folder" in err and out == "", (argv, out)
@@ -479,13 +569,16 @@ def test_a_checkpoint_with_missing_or_mistyped_fields_is_refused(tmp_path, unint
         assert f"last.pt: field {field!r} should be" in err and "damaged" in err
     three = {**good, "epoch": 3, "history": good["history"][:3]}  # a run to continue
     for change, message in (
-            ({"history": [{}] * 3}, "history record 1: field 'epoch' is missing"),
-            ({"epoch": 10 ** 30}, "but 3 history records"),
-            ({"epoch": 7, "history": [{**r, "epoch": n} for n, r in enumerate(good["history"] * 2, 1)][:7]},
-             "epoch 7 of a run planned for 4"),
-            ({"best_acc": float("nan")}, "with accuracy nan"),
-            ({"data": "zzz"}, "field 'data' should be the fingerprint"),
-            ({"optimizer": {"state": {}, "param_groups": []}}, "its optimizer state does not fit the model")):
+        ({"history": [{}] * 3}, "history record 1: field 'epoch' is missing"),
+        ({"epoch": 10**30}, "but 3 history records"),
+        (
+            {"epoch": 7, "history": [{**r, "epoch": n} for n, r in enumerate(good["history"] * 2, 1)][:7]},
+            "epoch 7 of a run planned for 4",
+        ),
+        ({"best_acc": float("nan")}, "with accuracy nan"),
+        ({"data": "zzz"}, "field 'data' should be the fingerprint"),
+        ({"optimizer": {"state": {}, "param_groups": []}}, "its optimizer state does not fit the model"),
+    ):
         torch.save({**three, **change}, d / "last.pt")
         code, _, err = _main(capsys, *ARGS, "--out", str(tmp_path / "out"), "--resume")
         assert code == 1 and _one_line(err) and message in err, (change.keys(), err)
@@ -508,16 +601,26 @@ def test_a_run_is_only_continued_or_reused_on_the_data_it_started_with(tmp_path,
     d = out / "resnet18"
     before = _snapshot(d)
     before.pop(".lock")  # the killed process's, unlocked: the next command takes it over and removes it
-    code, _, err = _main(capsys, *ARGS[:-2], "--data-dir", str(other), "--no-verify-data", "--out", str(out),
-                         "--resume")
+    code, _, err = _main(
+        capsys, *ARGS[:-2], "--data-dir", str(other), "--no-verify-data", "--out", str(out), "--resume"
+    )
     assert code == 1 and _one_line(err), err
     assert f"{d} was trained on other data (train images and test images differ)" in err
     assert str(SAMPLE_DIR) in err and str(other) in err and "pass the run's data with --data-dir" in err
     assert _snapshot(d) == before  # config.json still records what the first epoch saw
     reused = tmp_path / "reused"
     shutil.copytree(uninterrupted, reused / "resnet18")
-    compare = ["compare", "plain18", "resnet18", *ARGS[2:-2], "--data-dir", str(other), "--no-verify-data",
-               "--out", str(reused)]
+    compare = [
+        "compare",
+        "plain18",
+        "resnet18",
+        *ARGS[2:-2],
+        "--data-dir",
+        str(other),
+        "--no-verify-data",
+        "--out",
+        str(reused),
+    ]
     before = _snapshot(reused / "resnet18")
     code, _, err = _main(capsys, *compare)
     assert code == 1 and _one_line(err) and "resnet18 was trained on other data" in err, err
@@ -528,9 +631,26 @@ def test_a_run_is_only_continued_or_reused_on_the_data_it_started_with(tmp_path,
 @needs_sample
 def test_vgg_with_batch_size_1_diverges_in_validation_and_exits_1(tmp_path, capsys):
     """Batch norm over one 1x1 feature map has no variance: running statistics turn NaN."""
-    code, _, err = _main(capsys, "train", "vgg19_bn", "--batch-size", "1", "--train-subset", "10",
-                         "--test-subset", "10", "--epochs", "1", "--device", "cpu", "--quiet",
-                         "--data-dir", str(SAMPLE_DIR), "--out", str(tmp_path))
+    code, _, err = _main(
+        capsys,
+        "train",
+        "vgg19_bn",
+        "--batch-size",
+        "1",
+        "--train-subset",
+        "10",
+        "--test-subset",
+        "10",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--data-dir",
+        str(SAMPLE_DIR),
+        "--out",
+        str(tmp_path),
+    )
     assert code == 1 and _one_line(err), err
     assert "[vgg19_bn] epoch 1: the validation loss is nan (non-finite); the run stopped" in err
     assert json.loads((tmp_path / "vgg19_bn" / "divergence.json").read_text())["epoch"] == 1
@@ -541,7 +661,13 @@ def test_a_closed_output_pipe_stops_with_one_line_not_a_file_error(uninterrupted
     run_dir = tmp_path / "r"
     shutil.copytree(uninterrupted, run_dir)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    p = subprocess.run(f"{sys.executable} -m archbench plot {run_dir} | true", shell=True, env=env,
-                       capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        f"{sys.executable} -m archbench plot {run_dir} | true",
+        shell=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.stderr in ("", "archbench: stopped: the program reading its output exited\n"), p.stderr
     assert "could not access" not in p.stderr and "Traceback" not in p.stderr

@@ -25,8 +25,25 @@ DRIVER = Path(__file__).with_name("fault_driver.py")
 MODELS = ("resnet18", "plain18", "vgg19_bn")
 # Two epochs of one step each; the second training loss of the process (resnet18 seed 0,
 # epoch 2) is made NaN, so one run diverges and the comparison must go on without it.
-SMOKE = [*MODELS, "--seeds", "0", "1", "--epochs", "2", "--milestones", "2", "--train-subset", "20",
-         "--test-subset", "20", "--batch-size", "20", "--device", "cpu", "--quiet"]
+SMOKE = [
+    *MODELS,
+    "--seeds",
+    "0",
+    "1",
+    "--epochs",
+    "2",
+    "--milestones",
+    "2",
+    "--train-subset",
+    "20",
+    "--test-subset",
+    "20",
+    "--batch-size",
+    "20",
+    "--device",
+    "cpu",
+    "--quiet",
+]
 LABELS = r"(supported|contradicted|not shown|not applicable)"
 
 
@@ -36,8 +53,13 @@ def smoke(tmp_path_factory):
         pytest.skip(f"CIFAR-10 sample not found at {SAMPLE_DIR} (../shared is absent)")
     out = tmp_path_factory.mktemp("smoke") / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    p = subprocess.run([sys.executable, str(DRIVER), "nan:2", "compare", *SMOKE, "--data-dir", str(SAMPLE_DIR),
-                        "--out", str(out)], env=env, capture_output=True, text=True, timeout=900)
+    p = subprocess.run(
+        [sys.executable, str(DRIVER), "nan:2", "compare", *SMOKE, "--data-dir", str(SAMPLE_DIR), "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     return out, p.stdout
 
@@ -47,8 +69,14 @@ def test_every_run_folder_holds_its_evaluation_and_predictions(smoke):
     for model in MODELS:
         for seed in (0, 1):
             d = out / model / f"seed{seed}"
-            for name in ("config.json", "history.jsonl", "final.json", "predictions.npz", "gradflow.csv",
-                         "gradflow.png"):
+            for name in (
+                "config.json",
+                "history.jsonl",
+                "final.json",
+                "predictions.npz",
+                "gradflow.csv",
+                "gradflow.png",
+            ):
                 assert (d / name).is_file(), f"{d}/{name}"
             assert f'"seed": {seed}' in (d / "config.json").read_text()
     manifest = json.loads((out / "comparison.json").read_text())
@@ -91,15 +119,29 @@ def test_report_leads_with_verdicts_then_warnings_then_results(smoke):
     assert order == sorted(order)
     found = re.findall(r"> \*\*([A-Z ]+)\*\* · (.+?) — (\w+) vs (\w+)", md)
     assert [(h[:2], a, b) for _, h, a, b in found] == [
-        ("H1", "resnet18", "plain18"), ("H2", "resnet18", "plain18"), ("Fi", "resnet18", "plain18"),
-        ("H1", "resnet18", "vgg19_bn"), ("H2", "resnet18", "vgg19_bn")]
+        ("H1", "resnet18", "plain18"),
+        ("H2", "resnet18", "plain18"),
+        ("Fi", "resnet18", "plain18"),
+        ("H1", "resnet18", "vgg19_bn"),
+        ("H2", "resnet18", "vgg19_bn"),
+    ]
     assert found[1][0] == "NOT APPLICABLE"  # H2 against the plain twin
     assert all(re.fullmatch(LABELS, label.lower()) for label, *_ in found)
-    for warning in ("Smoke run: 2 epochs", "near chance", "Small test set: 20 images",
-                    "selected on the test set (the study's choice)"):
+    for warning in (
+        "Smoke run: 2 epochs",
+        "near chance",
+        "Small test set: 20 images",
+        "selected on the test set (the study's choice)",
+    ):
         assert warning in md, warning
-    for section in ("### Per class", "### Calibration", "## Curves", "## Convergence and stability",
-                    "## Gradient flow", "### Environment"):
+    for section in (
+        "### Per class",
+        "### Calibration",
+        "## Curves",
+        "## Convergence and stability",
+        "## Gradient flow",
+        "### Environment",
+    ):
         assert section in md
     assert "| airplane |" in md and "ECE (%)" in md and "94.99" in md
     assert "p = 0 " not in md and "p = 0)" not in md  # never a p of 0 from ties

@@ -11,7 +11,13 @@ from archbench.data.pipelines import build_pipeline
 from archbench.train.engine import Tally, TrainStep, train_one_epoch
 from archbench.errors import ArchbenchError
 from archbench.train.graphs import _ensure_momentum_buffers
-from archbench.train.training import adopt_optimizer_impl, build_model, build_optimizer, build_step, check_device_options
+from archbench.train.training import (
+    adopt_optimizer_impl,
+    build_model,
+    build_optimizer,
+    build_step,
+    check_device_options,
+)
 
 from conftest import synthetic
 
@@ -99,8 +105,24 @@ def test_bench_on_cpu_prints_the_table_and_writes_json(tmp_path):
     from test_cli import archbench
 
     out = tmp_path / "bench.json"
-    p = archbench("bench", "resnet18", "--synthetic", "--device", "cpu", "--train-subset", "32",
-                  "--test-subset", "32", "--batch-size", "16", "--epochs", "1", "--quiet", "--json", out)
+    p = archbench(
+        "bench",
+        "resnet18",
+        "--synthetic",
+        "--device",
+        "cpu",
+        "--train-subset",
+        "32",
+        "--test-subset",
+        "32",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--json",
+        out,
+    )
     head = [l for l in p.stdout.splitlines() if l.startswith("model")][0].split()
     assert head[:4] == ["model", "pipeline", "precision", "train"] and "speed-up" in head
     assert re.search(r"resnet18\s+fast\s+fp32\s.*\d\.\dx\s*$", p.stdout, re.M)
@@ -111,8 +133,9 @@ def test_bench_on_cpu_prints_the_table_and_writes_json(tmp_path):
     for r in rows.values():
         assert r["train_images"] == 32 and r["train_s_per_epoch"] > 0 and r["images_per_s"] > 0
         assert r["train_tflops"] > 0 and r["percent_of_peak"] is None and r["peak_memory_mib"] is None
-    ratio = (rows["reference"]["train_s_per_epoch"] + rows["reference"]["eval_s_per_epoch"]) / \
-        (rows["fast"]["train_s_per_epoch"] + rows["fast"]["eval_s_per_epoch"])
+    ratio = (rows["reference"]["train_s_per_epoch"] + rows["reference"]["eval_s_per_epoch"]) / (
+        rows["fast"]["train_s_per_epoch"] + rows["fast"]["eval_s_per_epoch"]
+    )
     assert rows["fast"]["speedup"] == pytest.approx(ratio)
 
 

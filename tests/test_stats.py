@@ -10,8 +10,16 @@ import pytest
 from scipy import stats
 
 from archbench.analysis.stats import (
-    Estimate, McNemar, cohens_dz, holm, mcnemar, mcnemar_combined,
-    min_detectable_effect, paired_t, summary, two_level_bootstrap,
+    Estimate,
+    McNemar,
+    cohens_dz,
+    holm,
+    mcnemar,
+    mcnemar_combined,
+    min_detectable_effect,
+    paired_t,
+    summary,
+    two_level_bootstrap,
 )
 
 
@@ -23,6 +31,7 @@ def test_summary():
 
 
 # --- Estimate.text -------------------------------------------------------------------
+
 
 def test_estimate_text_with_and_without_interval():
     e = Estimate(1.234, 3, 0.4, 2.06, 0.02134, "paired t over 3 seeds")
@@ -43,6 +52,7 @@ def test_bootstrap_p_at_its_floor_prints_as_an_upper_bound():
 
 
 # --- paired_t ------------------------------------------------------------------------
+
 
 def test_paired_t_matches_scipy_and_the_textbook_interval():
     a, b = [95.2, 94.6, 95.9, 95.0], [93.9, 94.1, 94.2, 94.4]
@@ -75,6 +85,7 @@ def test_paired_t_refuses_unequal_lengths():
 
 
 # --- two_level_bootstrap -------------------------------------------------------------
+
 
 def _correct(rng, seeds, images, accuracy):
     """Bool (seeds, images); accuracy is one number or one per seed."""
@@ -159,6 +170,7 @@ def test_bootstrap_refuses_bad_input():
 
 # --- McNemar -------------------------------------------------------------------------
 
+
 def _pairs(a_only, b_only, both=0, neither=0):
     a = [True] * a_only + [False] * b_only + [True] * both + [False] * neither
     b = [False] * a_only + [True] * b_only + [True] * both + [False] * neither
@@ -189,6 +201,7 @@ def test_mcnemar_combined_pools_the_counts():
 
 
 # --- effect sizes, power, Holm -------------------------------------------------------
+
 
 def test_cohens_dz():
     assert cohens_dz([1.0, 2.0, 3.0]) == pytest.approx(2.0)

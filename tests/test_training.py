@@ -63,8 +63,7 @@ def test_same_seed_gives_identical_runs_on_cpu(tmp_path):
     assert _numbers(tmp_path / "c") != _numbers(tmp_path / "a")
 
 
-@pytest.mark.parametrize("model,pipeline", [("resnet18", "fast"), ("vgg19_bn", "fast"),
-                                            ("resnet18", "reference")])
+@pytest.mark.parametrize("model,pipeline", [("resnet18", "fast"), ("vgg19_bn", "fast"), ("resnet18", "reference")])
 def test_stop_and_resume_equals_training_straight_through(tmp_path, model, pipeline):
     """vgg19_bn has dropout, so this also proves the RNG state is restored."""
     straight = tmp_path / "straight"
@@ -94,8 +93,10 @@ def test_stop_and_resume_equals_training_straight_through(tmp_path, model, pipel
     assert _numbers(stopped) == _numbers(straight)
     _assert_same_weights(_weights(stopped), _weights(straight))
     _assert_same_weights(_weights(stopped, "best.pt"), _weights(straight, "best.pt"))
-    assert checkpoint.load(stopped / "last.pt")["optimizer"]["state"].keys() == \
-        checkpoint.load(straight / "last.pt")["optimizer"]["state"].keys()
+    assert (
+        checkpoint.load(stopped / "last.pt")["optimizer"]["state"].keys()
+        == checkpoint.load(straight / "last.pt")["optimizer"]["state"].keys()
+    )
 
 
 def test_resume_rebuilds_history_from_checkpoint(tmp_path):
@@ -124,9 +125,11 @@ def test_extending_a_finished_run_equals_training_the_longer_run_straight(tmp_pa
 def test_fewer_epochs_or_a_change_to_finished_epochs_is_refused_by_name(tmp_path):
     d = tmp_path / "r"
     _train(d, _cfg(epochs=2, milestones=(2,)))
-    for change, named in (({"epochs": 1}, "epochs: 2 in the run folder vs 1 now"),
-                          ({"epochs": 3, "milestones": (1,)}, "milestones: [2] in the run folder vs [1] now"),
-                          ({"epochs": 3, "batch_size": 8}, "batch_size: 16 in the run folder vs 8 now")):
+    for change, named in (
+        ({"epochs": 1}, "epochs: 2 in the run folder vs 1 now"),
+        ({"epochs": 3, "milestones": (1,)}, "milestones: [2] in the run folder vs [1] now"),
+        ({"epochs": 3, "batch_size": 8}, "batch_size: 16 in the run folder vs 8 now"),
+    ):
         with pytest.raises(ArchbenchError, match=re.escape(named)):
             _train(d, _cfg(**{"epochs": 2, "milestones": (2,), **change}), resume=True)
 
@@ -209,16 +212,22 @@ def test_divergent_run_stops_with_last_good_checkpoint_kept(tmp_path, monkeypatc
 
     monkeypatch.setattr(runner, "train_one_epoch", diverge_in_epoch_2)
     d = tmp_path / "r"
-    with pytest.raises(DivergenceError, match=r"\[resnet18\] epoch 2: loss became non-finite at step 2.*keeps the checkpoint of epoch 1"):
+    with pytest.raises(
+        DivergenceError,
+        match=r"\[resnet18\] epoch 2: loss became non-finite at step 2.*keeps the checkpoint of epoch 1",
+    ):
         _train(d, _cfg(epochs=3))
     assert checkpoint.load(d / "last.pt")["epoch"] == 1
     assert [r["epoch"] for r in history.read(d)] == [1]
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"loss": float("nan")}, r"epoch 2: the validation loss is nan \(non-finite\)"),
-    ({"nonfinite_logits": 3}, r"epoch 2: 3 validation images got non-finite logits"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"loss": float("nan")}, r"epoch 2: the validation loss is nan \(non-finite\)"),
+        ({"nonfinite_logits": 3}, r"epoch 2: 3 validation images got non-finite logits"),
+    ],
+)
 def test_a_non_finite_validation_is_divergence_keeping_the_last_finite_epoch(tmp_path, monkeypatch, bad, message):
     import archbench.train.runner as runner
 

@@ -7,8 +7,17 @@ import numpy as np
 
 from archbench.analysis.compare import Evaluation, Result
 from archbench.analysis.evidence import RunData, accuracy_evidence
-from archbench.analysis.verdicts import (CONTRADICTED, NOT_APPLICABLE, NOT_SHOWN, SUPPORTED, decide_all, h1, h2,
-                                         pairs, verdicts)
+from archbench.analysis.verdicts import (
+    CONTRADICTED,
+    NOT_APPLICABLE,
+    NOT_SHOWN,
+    SUPPORTED,
+    decide_all,
+    h1,
+    h2,
+    pairs,
+    verdicts,
+)
 from archbench.config import Config
 
 PARAMS = {"resnet18": 11_173_962, "plain18": 11_000_138, "vgg19_bn": 38_958_922, "resnet34": 21_282_122}
@@ -27,8 +36,14 @@ def run(model: str, seed: int, metrics: dict, correct: np.ndarray, diverged: dic
     final = Evaluation(30, 0.3, 100.0 * correct.mean(), None)
     result = Result(model, seed, PARAMS[model], 5e8, 30, "test", 95.0, final, final, IMAGES, None, diverged)
     predictions = {"index": np.arange(IMAGES), "label": np.zeros(IMAGES, int), "last_pred": pred}
-    return RunData(Path(model), Config(model=model, seed=seed, epochs=30, milestones=(15, 23)), result, [],
-                   dict(metrics, not_reached=[]), predictions)
+    return RunData(
+        Path(model),
+        Config(model=model, seed=seed, epochs=30, milestones=(15, 23)),
+        result,
+        [],
+        dict(metrics, not_reached=[]),
+        predictions,
+    )
 
 
 def model_runs(model, to80, fluct, right, shared=None, diverged=(None, None, None)):
@@ -38,10 +53,22 @@ def model_runs(model, to80, fluct, right, shared=None, diverged=(None, None, Non
         c = correct_mask(n, seed) if shared is None else shared[seed].copy()
         if shared is not None:
             extra = n - int(c.sum())  # flip wrong images to right (or back) to reach n hits
-            idx = np.flatnonzero(~c if extra > 0 else c)[:abs(extra)]
+            idx = np.flatnonzero(~c if extra > 0 else c)[: abs(extra)]
             c[idx] = extra > 0
-        out.append(run(model, seed, {"epochs_to_80": e, "epochs_to_train_loss": e - 1,
-                                     "phase1_train_loss_mean": 0.1 * e, "phase1_val_acc_fluctuation": f}, c, d))
+        out.append(
+            run(
+                model,
+                seed,
+                {
+                    "epochs_to_80": e,
+                    "epochs_to_train_loss": e - 1,
+                    "phase1_train_loss_mean": 0.1 * e,
+                    "phase1_val_acc_fluctuation": f,
+                },
+                c,
+                d,
+            )
+        )
     return out
 
 
@@ -100,8 +127,9 @@ def test_one_seed_shows_nothing_on_accuracy():
 
 
 def test_a_diverged_run_counts_against_its_model_in_h1():
-    shaky = model_runs("resnet18", [5, 6, 5], [1.0, 1.2, 1.1], [9500, 9490, 9510], BASE,
-                       diverged=(None, {"epoch": 7, "step": 3}, None))
+    shaky = model_runs(
+        "resnet18", [5, 6, 5], [1.0, 1.2, 1.1], [9500, 9490, 9510], BASE, diverged=(None, {"epoch": 7, "step": 3}, None)
+    )
     (v,) = decided(h1(shaky, VGG))
     assert v.label == CONTRADICTED and "diverged: resnet18 1 of 3 seeds, vgg19_bn 0 of 3" in v.sentence()
     (acc,) = decided(*h2(shaky, VGG, twin=False, min_effect=0.3))  # no final weights: left out, named
@@ -128,8 +156,10 @@ def test_holm_adjusts_over_the_whole_family():
 
 
 def test_pairs_each_resnet_with_its_twin_and_every_non_resnet():
-    assert pairs(["resnet18", "plain18", "vgg19_bn"]) == [("resnet18", "plain18", True),
-                                                          ("resnet18", "vgg19_bn", False)]
+    assert pairs(["resnet18", "plain18", "vgg19_bn"]) == [
+        ("resnet18", "plain18", True),
+        ("resnet18", "vgg19_bn", False),
+    ]
     assert pairs(["resnet34", "plain18"]) == []  # a plain net of another depth is no control for shortcuts
     labels = [(v.hypothesis[:2], v.a, v.b) for v in verdicts({"resnet18": RES, "vgg19_bn": VGG})]
     assert labels == [("H1", "resnet18", "vgg19_bn"), ("H2", "resnet18", "vgg19_bn")]

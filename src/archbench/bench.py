@@ -28,8 +28,11 @@ from archbench.io_utils import atomic_write_text
 from archbench.train.training import build_model, build_optimizer, build_step, check_device_options, resolve_device
 
 # Dense spec-sheet peaks in TFLOP/s: bf16 tensor cores, and TF32 (cuDNN runs fp32 convs as TF32).
-DEVICE_PEAKS = {"H200": {"bf16": 989.0, "fp32": 494.7}, "H100": {"bf16": 989.0, "fp32": 494.7},
-                "A100": {"bf16": 312.0, "fp32": 156.0}}
+DEVICE_PEAKS = {
+    "H200": {"bf16": 989.0, "fp32": 494.7},
+    "H100": {"bf16": 989.0, "fp32": 494.7},
+    "A100": {"bf16": 312.0, "fp32": 156.0},
+}
 
 
 @dataclass
@@ -56,9 +59,14 @@ class BenchResult:
 def synthetic_cifar(n_train: int, n_test: int, seed: int = 0) -> Cifar10:
     """Random images of CIFAR's shape and a balanced label set: timing needs no real data."""
     rng = np.random.default_rng(seed)
-    return Cifar10(rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8), np.arange(n_train) % 10,
-                   rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8), np.arange(n_test) % 10,
-                   None, "synthetic")
+    return Cifar10(
+        rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+        np.arange(n_train) % 10,
+        rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+        np.arange(n_test) % 10,
+        None,
+        "synthetic",
+    )
 
 
 def train_flops_per_image(cfg: Config, device: torch.device) -> float:
@@ -101,13 +109,23 @@ def bench_one(cfg: Config, data: Cifar10, epochs: int) -> BenchResult:
     tflops = flops * pipe.train_size / t_train / 1e12
     peak = device_peak(device, cfg.precision)
     return BenchResult(
-        model=cfg.model, pipeline=cfg.pipeline, device=_device_name(device), precision=cfg.precision,
-        train_images=pipe.train_size, test_images=pipe.test_size, epochs=epochs,
-        train_s_per_epoch=t_train, eval_s_per_epoch=t_eval, images_per_s=pipe.train_size / t_train,
+        model=cfg.model,
+        pipeline=cfg.pipeline,
+        device=_device_name(device),
+        precision=cfg.precision,
+        train_images=pipe.train_size,
+        test_images=pipe.test_size,
+        epochs=epochs,
+        train_s_per_epoch=t_train,
+        eval_s_per_epoch=t_eval,
+        images_per_s=pipe.train_size / t_train,
         warmup_s=max(0.0, train_s[0] + eval_s[0] - t_train - t_eval),
         peak_memory_mib=torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
-        train_tflops=tflops, percent_of_peak=100 * tflops / peak if peak else None,
-        final_train_loss=tr["loss"], final_val_acc=ev["acc"])
+        train_tflops=tflops,
+        percent_of_peak=100 * tflops / peak if peak else None,
+        final_train_loss=tr["loss"],
+        final_val_acc=ev["acc"],
+    )
 
 
 def _device_name(device: torch.device) -> str:
@@ -122,22 +140,43 @@ def add_speedups(results: list[BenchResult]) -> None:
 
 
 def table(results: list[BenchResult]) -> str:
-    head = ("model", "pipeline", "precision", "train s/ep", "eval s/ep", "img/s", "warm-up s",
-            "peak MiB", "TFLOP/s", "% peak", "speed-up")
+    head = (
+        "model",
+        "pipeline",
+        "precision",
+        "train s/ep",
+        "eval s/ep",
+        "img/s",
+        "warm-up s",
+        "peak MiB",
+        "TFLOP/s",
+        "% peak",
+        "speed-up",
+    )
     rows = [head]
     for r in results:
-        rows.append((r.model, r.pipeline, r.precision, f"{r.train_s_per_epoch:.3f}", f"{r.eval_s_per_epoch:.3f}",
-                     f"{r.images_per_s:,.0f}", f"{r.warmup_s:.1f}",
-                     "—" if r.peak_memory_mib is None else f"{r.peak_memory_mib:,.0f}",
-                     f"{r.train_tflops:.2f}", "—" if r.percent_of_peak is None else f"{r.percent_of_peak:.1f}",
-                     "—" if r.speedup is None else f"{r.speedup:.1f}x"))
+        rows.append(
+            (
+                r.model,
+                r.pipeline,
+                r.precision,
+                f"{r.train_s_per_epoch:.3f}",
+                f"{r.eval_s_per_epoch:.3f}",
+                f"{r.images_per_s:,.0f}",
+                f"{r.warmup_s:.1f}",
+                "—" if r.peak_memory_mib is None else f"{r.peak_memory_mib:,.0f}",
+                f"{r.train_tflops:.2f}",
+                "—" if r.percent_of_peak is None else f"{r.percent_of_peak:.1f}",
+                "—" if r.speedup is None else f"{r.speedup:.1f}x",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in rows]
+    lines = [
+        "  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
 def write_json(results: list[BenchResult], path: Path, meta: dict) -> None:
     atomic_write_text(Path(path), json.dumps({**meta, "results": [asdict(r) for r in results]}, indent=2) + "\n")
-

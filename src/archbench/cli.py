@@ -45,26 +45,38 @@ def _training_flags() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help="seed for weights, data order and augmentation (default 0)")
     g.add_argument("--pipeline", choices=("fast", "reference"), help="input pipeline (default fast)")
     g.add_argument("--workers", type=int, help="DataLoader workers of the reference pipeline (default 2)")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16"),
-                   help="auto (default): bf16 autocast on CUDA, fp32 elsewhere")
+    g.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), help="auto (default): bf16 autocast on CUDA, fp32 elsewhere"
+    )
     g.add_argument("--train-subset", type=int, metavar="N", help="train on N class-balanced images")
     g.add_argument("--test-subset", type=int, metavar="N", help="evaluate on N class-balanced images")
-    g.add_argument("--min-effect", type=float, metavar="PP",
-                   help="smallest final-accuracy difference of interest to verdicts (default 0.3 pp)")
-    g.add_argument("--val-split", type=int, metavar="N",
-                   help="hold out N stratified training images to select the best epoch on "
-                        "(default: the study's choice, the test set)")
+    g.add_argument(
+        "--min-effect",
+        type=float,
+        metavar="PP",
+        help="smallest final-accuracy difference of interest to verdicts (default 0.3 pp)",
+    )
+    g.add_argument(
+        "--val-split",
+        type=int,
+        metavar="N",
+        help="hold out N stratified training images to select the best epoch on "
+        "(default: the study's choice, the test set)",
+    )
     r = p.add_argument_group("where and how")
     r.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="default auto")
     r.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
     r.add_argument("--cuda-graphs", action="store_true", help="replay training steps from CUDA graphs")
     r.add_argument("--tensorboard", action="store_true", help="also log per-epoch scalars for TensorBoard")
-    r.add_argument("--grad-norms-per-epoch", type=int, metavar="K",
-                   help="record per-layer gradient norms K times per epoch (default 4; 0: off)")
+    r.add_argument(
+        "--grad-norms-per-epoch",
+        type=int,
+        metavar="K",
+        help="record per-layer gradient norms K times per epoch (default 4; 0: off)",
+    )
     r.add_argument("--data-dir", help="CIFAR-10 location (else $ARCHBENCH_DATA, ./data, ../shared/data/cifar10)")
     r.add_argument("--download", action="store_true", help="download CIFAR-10 if it is not found")
-    r.add_argument("--no-verify-data", dest="verify_data", action="store_false",
-                   help="skip the data checksum check")
+    r.add_argument("--no-verify-data", dest="verify_data", action="store_false", help="skip the data checksum check")
     r.add_argument("--out", help="output folder (default runs)")
     r.add_argument("--resume", action="store_true", help="continue the run found in the output folder")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -81,20 +93,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the registered models")
     p = sub.add_parser("train", parents=[flags], help="train one model into OUT/MODEL")
     p.add_argument("model", help="a name from 'archbench models'")
-    p = sub.add_parser("compare", parents=[flags],
-                       help="train each model (reusing finished runs) and compare their best weights")
-    p.add_argument("models", nargs="*", default=list(DEFAULT_COMPARE),
-                   help=f"models to compare (default: {' '.join(DEFAULT_COMPARE)})")
-    p.add_argument("--seeds", type=int, nargs="+", metavar="K",
-                   help="train every model once per seed, into OUT/<model>/seed<K>/")
+    p = sub.add_parser(
+        "compare", parents=[flags], help="train each model (reusing finished runs) and compare their best weights"
+    )
+    p.add_argument(
+        "models",
+        nargs="*",
+        default=list(DEFAULT_COMPARE),
+        help=f"models to compare (default: {' '.join(DEFAULT_COMPARE)})",
+    )
+    p.add_argument(
+        "--seeds", type=int, nargs="+", metavar="K", help="train every model once per seed, into OUT/<model>/seed<K>/"
+    )
     p = sub.add_parser("report", help="write report.md and report.html for a compare output folder")
     p.add_argument("out_dir", type=Path, help="the --out folder of archbench compare")
-    p.add_argument("--min-effect", type=float, metavar="PP",
-                   help="smallest accuracy difference of interest (default: the one compare used)")
-    p = sub.add_parser("bench", parents=[flags],
-                       help="time each model with each input pipeline (s/epoch, img/s, TFLOP/s, speed-up)")
-    p.add_argument("models", nargs="*", default=list(DEFAULT_COMPARE),
-                   help=f"models to time (default: {' '.join(DEFAULT_COMPARE)})")
+    p.add_argument(
+        "--min-effect",
+        type=float,
+        metavar="PP",
+        help="smallest accuracy difference of interest (default: the one compare used)",
+    )
+    p = sub.add_parser(
+        "bench", parents=[flags], help="time each model with each input pipeline (s/epoch, img/s, TFLOP/s, speed-up)"
+    )
+    p.add_argument(
+        "models",
+        nargs="*",
+        default=list(DEFAULT_COMPARE),
+        help=f"models to time (default: {' '.join(DEFAULT_COMPARE)})",
+    )
     p.add_argument("--pipelines", default="fast,reference", help="comma-separated (default fast,reference)")
     p.add_argument("--synthetic", action="store_true", help="random data of CIFAR-10's shape instead of CIFAR-10")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
@@ -160,8 +187,16 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from archbench.analysis.compare import (Manifest, RunRef, evaluate_run, protocol_note, relative_dir,
-                                            table_markdown, write_manifest, write_outputs)
+    from archbench.analysis.compare import (
+        Manifest,
+        RunRef,
+        evaluate_run,
+        protocol_note,
+        relative_dir,
+        table_markdown,
+        write_manifest,
+        write_outputs,
+    )
     from archbench.analysis.environment import describe
     from archbench.analysis.evidence import accuracy_evidence, accuracy_line, load
     from archbench.analysis.plots import plot_run
@@ -176,9 +211,13 @@ def cmd_compare(args) -> int:
         if len(set(values)) != len(values):
             raise ArchbenchError(f"a {what} is named twice in {' '.join(map(str, values))}; name each once")
     out = Path(cfg.out)
-    runs = [Run(cfg.replace(model=m), out / m, log) if seed is None else
-            Run(cfg.replace(model=m, seed=seed), out / m / f"seed{seed}", log)
-            for m in args.models for seed in (args.seeds or [None])]
+    runs = [
+        Run(cfg.replace(model=m), out / m, log)
+        if seed is None
+        else Run(cfg.replace(model=m, seed=seed), out / m / f"seed{seed}", log)
+        for m in args.models
+        for seed in (args.seeds or [None])
+    ]
     data = _data_loader(cfg)
     recorded = [run.recorded_data() for run in runs]  # every run on these images, before any trains
     if any(r is not None for r in recorded):
@@ -192,8 +231,12 @@ def cmd_compare(args) -> int:
             log(f"{e}\n[{run.cfg.model}] divergence recorded as this run's outcome; the comparison goes on")
         plot_run(run.run_dir)
     results = [evaluate_run(run.run_dir, data(), run.device) for run in runs]
-    manifest = Manifest(list(args.models), [RunRef(r.cfg.model, r.cfg.seed, relative_dir(r.run_dir, out)) for r in runs],
-                        cfg.min_effect, describe(runs[0].device, data(), time.perf_counter() - started))
+    manifest = Manifest(
+        list(args.models),
+        [RunRef(r.cfg.model, r.cfg.seed, relative_dir(r.run_dir, out)) for r in runs],
+        cfg.min_effect,
+        describe(runs[0].device, data(), time.perf_counter() - started),
+    )
     write_manifest(out, manifest)
     _, by_model = load(out)
     models = list(by_model)
@@ -241,27 +284,35 @@ def cmd_bench(args) -> int:
         check_writable(args.json)  # before minutes of timing, not after
     epochs = getattr(args, "epochs", BENCH_EPOCHS["cuda" if device.type == "cuda" else "other"])
     if device.type != "cuda":
-        cfg = cfg.replace(train_subset=cfg.train_subset or BENCH_CPU_SUBSET,
-                          test_subset=cfg.test_subset or BENCH_CPU_SUBSET)
+        cfg = cfg.replace(
+            train_subset=cfg.train_subset or BENCH_CPU_SUBSET, test_subset=cfg.test_subset or BENCH_CPU_SUBSET
+        )
     if args.synthetic:
         data = synthetic_cifar(cfg.train_subset or 50_000, cfg.test_subset or 10_000, cfg.seed)
     else:
         from archbench.train.runner import load_data
 
         data = load_data(cfg)
-    log(f"bench: {len(data.y_train)} train / {len(data.y_test)} test images ({data.source}), "
-        f"{epochs} timed epoch(s) after 1 warm-up, on {device}")
+    log(
+        f"bench: {len(data.y_train)} train / {len(data.y_test)} test images ({data.source}), "
+        f"{epochs} timed epoch(s) after 1 warm-up, on {device}"
+    )
     results = []
     for model in args.models:
         for pipeline in pipelines:
             results.append(bench_one(cfg.replace(model=model, pipeline=pipeline), data, epochs))
-            log(f"  {model} {pipeline}: {results[-1].train_s_per_epoch:.3f} s/epoch train, "
-                f"{results[-1].eval_s_per_epoch:.3f} s/epoch eval")
+            log(
+                f"  {model} {pipeline}: {results[-1].train_s_per_epoch:.3f} s/epoch train, "
+                f"{results[-1].eval_s_per_epoch:.3f} s/epoch eval"
+            )
     add_speedups(results)
     log("\n" + table(results))
     if args.json:
-        write_json(results, args.json, {"torch": torch.__version__, "device": str(device),
-                                        "config": cfg.to_dict(), "timed_epochs": epochs})
+        write_json(
+            results,
+            args.json,
+            {"torch": torch.__version__, "device": str(device), "config": cfg.to_dict(), "timed_epochs": epochs},
+        )
         log(f"\nWrote {args.json}")
     return 0
 
@@ -279,22 +330,28 @@ def cmd_eval(args) -> int:
     if subset is None:
         subsets = {read_json(d / CONFIG_NAME).test_subset for d in args.run_dirs}
         if len(subsets) > 1:
-            raise ArchbenchError(f"the runs were tested on different subsets ({sorted(subsets, key=str)}); "
-                                 f"pass --test-subset N to evaluate them on the same images")
+            raise ArchbenchError(
+                f"the runs were tested on different subsets ({sorted(subsets, key=str)}); "
+                f"pass --test-subset N to evaluate them on the same images"
+            )
         subset = subsets.pop()
     data = take_subsets(load_cifar10(args.data_dir, verify=args.verify_data, with_train=False), None, subset)
     device = resolve_device(args.device)
     results = [evaluate_run(d, data, device, write=False) for d in args.run_dirs]
     groups = list(by_model([r for r in results if r.final is not None]).items())
     mean = lambda rs: sum(r.final.acc for r in rs) / len(rs)
-    deltas = [f"Δ final accuracy ({groups[0][0]} − {b}) = {mean(groups[0][1]) - mean(rb):+.2f} pp (difference of "
-              f"means; archbench compare adds intervals and tests)" for b, rb in groups[1:]]
+    deltas = [
+        f"Δ final accuracy ({groups[0][0]} − {b}) = {mean(groups[0][1]) - mean(rb):+.2f} pp (difference of "
+        f"means; archbench compare adds intervals and tests)"
+        for b, rb in groups[1:]
+    ]
     log(table_markdown(results))
     for line in deltas:
         log(line)
     if args.out:
-        write_outputs(args.out, results, args.run_dirs,
-                      f"Evaluated on {len(data.y_test)} test images from {data.source}.", deltas)
+        write_outputs(
+            args.out, results, args.run_dirs, f"Evaluated on {len(data.y_test)} test images from {data.source}.", deltas
+        )
     return 0
 
 
@@ -331,9 +388,15 @@ def cmd_plot(args) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "train": cmd_train, "compare": cmd_compare, "report": cmd_report,
-            "bench": cmd_bench, "eval": cmd_eval,
-            "plot": cmd_plot}
+COMMANDS = {
+    "models": cmd_models,
+    "train": cmd_train,
+    "compare": cmd_compare,
+    "report": cmd_report,
+    "bench": cmd_bench,
+    "eval": cmd_eval,
+    "plot": cmd_plot,
+}
 
 
 class Terminated(KeyboardInterrupt):

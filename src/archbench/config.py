@@ -67,8 +67,21 @@ class Config:
 # Fields that decide the numbers a run produces: a run folder can only be resumed or
 # reused by a config that agrees on all of them.
 PROTOCOL_FIELDS = (
-    "model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones",
-    "gamma", "seed", "pipeline", "workers", "train_subset", "test_subset", "val_split", "precision",
+    "model",
+    "epochs",
+    "batch_size",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "milestones",
+    "gamma",
+    "seed",
+    "pipeline",
+    "workers",
+    "train_subset",
+    "test_subset",
+    "val_split",
+    "precision",
 )
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
@@ -86,32 +99,44 @@ def validate(cfg: Config) -> Config:
 
     _require(cfg.model in MODELS, "model", ", ".join(MODELS), cfg.model)
     _require(_is_int(cfg.epochs) and cfg.epochs >= 1, "epochs", "an integer >= 1", cfg.epochs)
-    _require(_is_int(cfg.batch_size) and cfg.batch_size >= 1, "batch_size",
-             "an integer >= 1", cfg.batch_size)
+    _require(_is_int(cfg.batch_size) and cfg.batch_size >= 1, "batch_size", "an integer >= 1", cfg.batch_size)
     _require(cfg.lr is None or (_is_num(cfg.lr) and cfg.lr > 0), "lr", "a finite number > 0", cfg.lr)
-    _require(_is_num(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum",
-             "a number in [0, 1)", cfg.momentum)
-    _require(_is_num(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay",
-             "a number >= 0", cfg.weight_decay)
+    _require(_is_num(cfg.momentum) and 0 <= cfg.momentum < 1, "momentum", "a number in [0, 1)", cfg.momentum)
+    _require(_is_num(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", "a number >= 0", cfg.weight_decay)
     ms = cfg.milestones
-    _require(all(_is_int(m) and m >= 1 for m in ms)
-             and all(a < b for a, b in zip(ms, ms[1:])), "milestones",
-             "strictly increasing integers >= 1 (epochs)", list(ms))
+    _require(
+        all(_is_int(m) and m >= 1 for m in ms) and all(a < b for a, b in zip(ms, ms[1:])),
+        "milestones",
+        "strictly increasing integers >= 1 (epochs)",
+        list(ms),
+    )
     _require(_is_num(cfg.gamma) and 0 < cfg.gamma <= 1, "gamma", "a number in (0, 1]", cfg.gamma)
     _require(_is_int(cfg.seed) and cfg.seed >= 0, "seed", "an integer in [0, 2**63)", cfg.seed)
     _require(cfg.pipeline in PIPELINES, "pipeline", ", ".join(PIPELINES), cfg.pipeline)
     _require(_is_int(cfg.workers) and cfg.workers >= 0, "workers", "an integer >= 0", cfg.workers)
-    _require(_is_int(cfg.grad_norms_per_epoch) and cfg.grad_norms_per_epoch >= 0, "grad_norms_per_epoch",
-             "an integer >= 0 (0 turns the recording off)", cfg.grad_norms_per_epoch)
+    _require(
+        _is_int(cfg.grad_norms_per_epoch) and cfg.grad_norms_per_epoch >= 0,
+        "grad_norms_per_epoch",
+        "an integer >= 0 (0 turns the recording off)",
+        cfg.grad_norms_per_epoch,
+    )
     for name in ("train_subset", "test_subset", "val_split"):
         v = getattr(cfg, name)
         _require(v is None or (_is_int(v) and v >= 1), name, "an integer >= 1 or unset", v)
-    _require(_is_num(cfg.min_effect) and cfg.min_effect >= 0, "min_effect",
-             "a number >= 0 (percentage points)", cfg.min_effect)
+    _require(
+        _is_num(cfg.min_effect) and cfg.min_effect >= 0,
+        "min_effect",
+        "a number >= 0 (percentage points)",
+        cfg.min_effect,
+    )
     _require(cfg.device in DEVICES, "device", ", ".join(DEVICES), cfg.device)
     _require(cfg.precision in PRECISIONS, "precision", ", ".join(PRECISIONS), cfg.precision)
-    _require(cfg.data_dir is None or (isinstance(cfg.data_dir, str) and cfg.data_dir != ""), "data_dir",
-             "a folder or archive path, or unset", cfg.data_dir)
+    _require(
+        cfg.data_dir is None or (isinstance(cfg.data_dir, str) and cfg.data_dir != ""),
+        "data_dir",
+        "a folder or archive path, or unset",
+        cfg.data_dir,
+    )
     _require(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
     for name in ("download", "verify_data", "quiet", "compile", "cuda_graphs", "tensorboard"):
         _require(isinstance(getattr(cfg, name), bool), name, "true or false", getattr(cfg, name))
@@ -120,7 +145,7 @@ def validate(cfg: Config) -> Config:
 
 def _is_int(v: Any) -> bool:
     """An integer that torch and numpy hold (int64), not a bool."""
-    return isinstance(v, int) and not isinstance(v, bool) and -2 ** 63 <= v < 2 ** 63
+    return isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63
 
 
 def _is_num(v: Any) -> bool:
@@ -146,8 +171,7 @@ def from_mapping(values: Mapping[str, Any], base: Config | None = None, source: 
     for key, value in values.items():
         name = key.replace("-", "_")
         if name not in FIELD_NAMES:
-            raise ArchbenchError(
-                f"{source}: unknown setting {key!r}; known settings: {', '.join(FIELD_NAMES)}")
+            raise ArchbenchError(f"{source}: unknown setting {key!r}; known settings: {', '.join(FIELD_NAMES)}")
         changes[name] = _coerce(name, value)
     return validate(dataclasses.replace(base, **changes))
 
@@ -180,10 +204,16 @@ def file_settings(values: Any, where: str, fix: str | None = None) -> Config:
         bad = [v for v in (value if listed else [value]) if not _plain(v)]
         if bad:
             number = isinstance(bad[0], (int, float)) and not isinstance(bad[0], bool)
-            what = ("a finite number within ±2**63" if number else "a list of numbers" if is_list else
-                    "a single value (text, a number, true or false)")
-            raise ArchbenchError(f"{where}: setting {key!r} {'holds' if listed else 'is'} {show(bad[0])}, "
-                                 f"expected {what}{end}")
+            what = (
+                "a finite number within ±2**63"
+                if number
+                else "a list of numbers"
+                if is_list
+                else "a single value (text, a number, true or false)"
+            )
+            raise ArchbenchError(
+                f"{where}: setting {key!r} {'holds' if listed else 'is'} {show(bad[0])}, expected {what}{end}"
+            )
     try:
         return from_mapping(values, source=where)
     except ArchbenchError as e:
@@ -210,6 +240,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
             data = tomllib.loads(text)
         else:
             import yaml
+
             data = yaml.safe_load(text)
     except Exception as e:  # parser errors carry line numbers; keep them in one line
         raise ArchbenchError(f"config file {path} could not be parsed: {' '.join(str(e).split())}") from e
@@ -279,8 +310,9 @@ def run_config(values: Any, where: str, fix: str = RUN_CONFIG_FIX) -> Config:
     if cfg.lr is None:
         raise ArchbenchError(f"{where}: setting 'lr' is null, expected the learning rate the run used; {fix}")
     if cfg.precision == "auto":
-        raise ArchbenchError(f"{where}: setting 'precision' is 'auto', expected the one the run used "
-                             f"(fp32 or bf16); {fix}")
+        raise ArchbenchError(
+            f"{where}: setting 'precision' is 'auto', expected the one the run used (fp32 or bf16); {fix}"
+        )
     return cfg
 
 

@@ -63,8 +63,9 @@ def make_dirs(path: Path) -> list[Path]:
             if p.is_dir():
                 continue
             if p.exists():
-                raise ArchbenchError(f"could not create the folder {path}: {p} is a file, not a folder; "
-                                     f"{_FIXES[errno.ENOTDIR]}")
+                raise ArchbenchError(
+                    f"could not create the folder {path}: {p} is a file, not a folder; {_FIXES[errno.ENOTDIR]}"
+                )
             try:
                 p.mkdir()
             except FileExistsError:  # made meanwhile by another process: fine if it is a folder
@@ -89,7 +90,7 @@ def _create_temp(path: Path) -> tuple[int, str]:
 
     (``tempfile.mkstemp`` would make it 0600, and the rename would keep that.)
     """
-    stem = path.name if len(path.name.encode()) <= TEMP_STEM_BYTES else path.name[:TEMP_STEM_BYTES // 4]
+    stem = path.name if len(path.name.encode()) <= TEMP_STEM_BYTES else path.name[: TEMP_STEM_BYTES // 4]
     for _ in range(100):
         tmp = path.parent / f".{stem}.{secrets.token_hex(4)}.tmp"
         try:

@@ -16,7 +16,7 @@ from typing import Any
 
 from archbench.errors import ArchbenchError
 
-INT_LIMIT = 2 ** 63  # integers beyond int64 are never written by archbench (and overflow numpy and torch)
+INT_LIMIT = 2**63  # integers beyond int64 are never written by archbench (and overflow numpy and torch)
 
 
 @dataclass(frozen=True)
@@ -45,21 +45,30 @@ def _range_text(lo: float | None, hi: float | None) -> str:
     return "" if hi is None else f" <= {hi:g}"
 
 
-def number(lo: float | None = None, hi: float | None = None, positive: bool = False,
-           nonfinite: bool = False) -> Kind:
+def number(lo: float | None = None, hi: float | None = None, positive: bool = False, nonfinite: bool = False) -> Kind:
     """A finite number within [lo, hi] (> 0 if ``positive``); with ``nonfinite``, NaN or +inf too."""
     text = " > 0" if positive else _range_text(lo, hi)
-    return Kind(f"a finite number{text}" + (" (or NaN)" if nonfinite else ""),
-                lambda v: (_finite(v) and not (positive and v <= 0) and (lo is None or v >= lo)
-                           and (hi is None or v <= hi))
-                or (nonfinite and isinstance(v, float) and (math.isnan(v) or v == math.inf)))
+    return Kind(
+        f"a finite number{text}" + (" (or NaN)" if nonfinite else ""),
+        lambda v: (
+            (_finite(v) and not (positive and v <= 0) and (lo is None or v >= lo) and (hi is None or v <= hi))
+            or (nonfinite and isinstance(v, float) and (math.isnan(v) or v == math.inf))
+        ),
+    )
 
 
 def integer(lo: int | None = None, hi: int | None = None) -> Kind:
     """A JSON integer (not 2.0, not true) within [lo, hi] and within int64."""
-    return Kind(f"an integer{_range_text(lo, hi)}",
-                lambda v: isinstance(v, int) and not isinstance(v, bool) and -INT_LIMIT < v < INT_LIMIT
-                and (lo is None or v >= lo) and (hi is None or v <= hi))
+    return Kind(
+        f"an integer{_range_text(lo, hi)}",
+        lambda v: (
+            isinstance(v, int)
+            and not isinstance(v, bool)
+            and -INT_LIMIT < v < INT_LIMIT
+            and (lo is None or v >= lo)
+            and (hi is None or v <= hi)
+        ),
+    )
 
 
 def one_of(*choices: str) -> Kind:
@@ -134,8 +143,10 @@ class Fields:
 
     def objects(self, key: str) -> list[Fields]:
         """A non-empty list field of objects."""
-        return [Fields(v, self.where, self.fix, f"{self.prefix}{key}[{i}].", self.noun)
-                for i, v in enumerate(self.get(key, NON_EMPTY_LIST))]
+        return [
+            Fields(v, self.where, self.fix, f"{self.prefix}{key}[{i}].", self.noun)
+            for i, v in enumerate(self.get(key, NON_EMPTY_LIST))
+        ]
 
     def require(self, ok: bool, problem: str) -> None:
         """A rule between fields (``problem`` says what is wrong when ``ok`` is false)."""

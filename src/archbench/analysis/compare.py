@@ -97,13 +97,24 @@ class Result:
             e = f.sub(name, nullable=True)
             evals[name] = None if e is None else Evaluation(**{k: e.get(k, kind) for k, kind in EVALUATION.items()})
         dv = f.sub("diverged", nullable=True)
-        diverged = None if dv is None else {"epoch": dv.get("epoch", integer(1)),
-                                            "step": dv.get("step", or_null(integer(1)))}
+        diverged = (
+            None if dv is None else {"epoch": dv.get("epoch", integer(1)), "step": dv.get("step", or_null(integer(1)))}
+        )
         images = f.get("images", integer(1))
-        r = cls(f.get("model", TEXT), f.get("seed", integer(0)), f.get("params", integer(1)),
-                f.get("flops_per_image", number(0)), f.get("planned_epochs", integer(1)),
-                f.get("selected_on", one_of("test", "validation")), f.get("best_val", or_null(PERCENT)),
-                evals["best"], evals["last"], images, f.get("images_exact", or_null(integer(0, images))), diverged)
+        r = cls(
+            f.get("model", TEXT),
+            f.get("seed", integer(0)),
+            f.get("params", integer(1)),
+            f.get("flops_per_image", number(0)),
+            f.get("planned_epochs", integer(1)),
+            f.get("selected_on", one_of("test", "validation")),
+            f.get("best_val", or_null(PERCENT)),
+            evals["best"],
+            evals["last"],
+            images,
+            f.get("images_exact", or_null(integer(0, images))),
+            diverged,
+        )
         r._check_epochs(f)
         return r
 
@@ -111,27 +122,43 @@ class Result:
         """The weights it describes are the ones the run kept: the best epoch's and the last
         finished one's (the planned last, or the one before the run diverged; none if that was
         its first)."""
-        f.require((self.best is None) == (self.last is None) == (self.best_val is None),
-                  "fields 'best', 'last' and 'best_val' must all be set, or all null (no weights kept)")
+        f.require(
+            (self.best is None) == (self.last is None) == (self.best_val is None),
+            "fields 'best', 'last' and 'best_val' must all be set, or all null (no weights kept)",
+        )
         kept = self.planned_epochs if self.diverged is None else self.diverged["epoch"] - 1
-        f.require(0 <= kept <= self.planned_epochs, f"field 'diverged.epoch' is {kept + 1}, after the planned "
-                                                    f"{self.planned_epochs} epochs")
+        f.require(
+            0 <= kept <= self.planned_epochs,
+            f"field 'diverged.epoch' is {kept + 1}, after the planned {self.planned_epochs} epochs",
+        )
         last = 0 if self.last is None else self.last.epoch
         run = "a finished run" if self.diverged is None else f"a run that diverged in epoch {kept + 1}"
-        f.require(last == kept, f"field 'last' describes epoch {last or 'none'}, but {run} keeps epoch {kept or 'none'}")
-        f.require(self.best is None or self.best.epoch <= last,
-                  f"field 'best.epoch' is {self.best and self.best.epoch}, after the last epoch {last}")
+        f.require(
+            last == kept, f"field 'last' describes epoch {last or 'none'}, but {run} keeps epoch {kept or 'none'}"
+        )
+        f.require(
+            self.best is None or self.best.epoch <= last,
+            f"field 'best.epoch' is {self.best and self.best.epoch}, after the last epoch {last}",
+        )
 
 
-def _evaluate_weights(model, state, path: Path, cfg: Config, data: Cifar10, device: torch.device,
-                      batch_size: int) -> dict:
+def _evaluate_weights(
+    model, state, path: Path, cfg: Config, data: Cifar10, device: torch.device, batch_size: int
+) -> dict:
     checkpoint.load_weights(model, state, path, cfg.model)
-    return evaluate(model, test_pipeline(data, batch_size, device).test_batches(), device,
-                    exact_mask(data, device), cfg.precision, keep_outputs=True)
+    return evaluate(
+        model,
+        test_pipeline(data, batch_size, device).test_batches(),
+        device,
+        exact_mask(data, device),
+        cfg.precision,
+        keep_outputs=True,
+    )
 
 
-def evaluate_run(run_dir: Path, data: Cifar10, device: torch.device, batch_size: int = 500,
-                 write: bool = True) -> Result:
+def evaluate_run(
+    run_dir: Path, data: Cifar10, device: torch.device, batch_size: int = 500, write: bool = True
+) -> Result:
     """Evaluate a run's best and last weights on ``data``'s test split; with ``write``, save
     ``final.json`` and ``predictions.npz`` in the run folder."""
     run_dir = Path(run_dir)
@@ -157,9 +184,19 @@ def evaluate_run(run_dir: Path, data: Cifar10, device: torch.device, batch_size:
             arrays[f"{name}_{key}"] = tensor.cpu().numpy()
     n_exact = None if data.test_exact is None or data.test_exact.all() else int(data.test_exact.sum())
     result = Result(
-        cfg.model, cfg.seed, count_parameters(model), forward_flops_per_image(model), cfg.epochs,
-        "validation" if cfg.val_split else "test", best_val, evals["best"], evals["last"], len(data.y_test),
-        n_exact, None if diverged is None else {"epoch": diverged["epoch"], "step": diverged["step"]})
+        cfg.model,
+        cfg.seed,
+        count_parameters(model),
+        forward_flops_per_image(model),
+        cfg.epochs,
+        "validation" if cfg.val_split else "test",
+        best_val,
+        evals["best"],
+        evals["last"],
+        len(data.y_test),
+        n_exact,
+        None if diverged is None else {"epoch": diverged["epoch"], "step": diverged["step"]},
+    )
     if write:  # predictions first: final.json never describes predictions that are not there
         write_predictions(run_dir, arrays if evals["last"] is not None else None)
         write_final(run_dir, result)
@@ -188,9 +225,15 @@ def write_predictions(run_dir: Path, arrays: dict[str, np.ndarray] | None) -> No
 
 
 # predictions.npz's arrays: dtype kinds (integer, float, bool) and the shape of one test image's row.
-PREDICTIONS = {"index": ("iu", ()), "label": ("iu", ()),
-               **{f"{w}_{k}": kind for w in WEIGHTS
-                  for k, kind in (("pred", ("iu", ())), ("loss", ("f", ())), ("logits", ("f", (NUM_CLASSES,))))}}
+PREDICTIONS = {
+    "index": ("iu", ()),
+    "label": ("iu", ()),
+    **{
+        f"{w}_{k}": kind
+        for w in WEIGHTS
+        for k, kind in (("pred", ("iu", ())), ("loss", ("f", ())), ("logits", ("f", (NUM_CLASSES,))))
+    },
+}
 OPTIONAL_PREDICTIONS = {"exact": ("b", ())}  # only when some test images are not pixel-exact copies
 # How numpy and zipfile report a damaged archive (an OSError is the file system's, reported as such).
 _DAMAGED_ARCHIVE = (ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
@@ -237,6 +280,7 @@ def _array_problem(name: str, a: np.ndarray | None, kinds: str, shape: tuple) ->
 
 # ---------------------------------------------------------------- the compare folder
 
+
 @dataclass(frozen=True)
 class RunRef:
     model: str
@@ -267,9 +311,17 @@ def write_manifest(out_dir: Path, manifest: Manifest) -> None:
 
 
 # What comparison.json's environment holds (``environment.describe``); other keys are ignored.
-ENVIRONMENT = {"archbench": TEXT, "git commit": or_null(TEXT), "torch": TEXT, "python": TEXT, "device": TEXT,
-               "data": or_null(TEXT), "data checksums": or_null(TEXT), "test images": or_null(integer(1)),
-               "wall time of compare (s)": number(0)}
+ENVIRONMENT = {
+    "archbench": TEXT,
+    "git commit": or_null(TEXT),
+    "torch": TEXT,
+    "python": TEXT,
+    "device": TEXT,
+    "data": or_null(TEXT),
+    "data checksums": or_null(TEXT),
+    "test images": or_null(integer(1)),
+    "wall time of compare (s)": number(0),
+}
 FORMAT = Kind(f"{MANIFEST_FORMAT} (this archbench's format)", lambda v: type(v) is int and v == MANIFEST_FORMAT)
 # A run's folder: compare writes it relative to the compare folder, inside it, with POSIX separators.
 RUN_DIR = Kind("a relative path inside the folder", lambda v: isinstance(v, str) and _inside(v))
@@ -303,6 +355,7 @@ def read_manifest(out_dir: Path) -> Manifest:
 
 # ---------------------------------------------------------------- the study's table
 
+
 def by_model(items: list, key=lambda r: r.model) -> dict[str, list]:
     """Items grouped per model, in first-seen order."""
     groups: dict[str, list] = {}
@@ -325,8 +378,11 @@ def table_markdown(results: list[Result]) -> str:
     on_test = any(r.selected_on == "test" for r in results)
     exact = any(r.images_exact is not None for r in results)
     best_head = "Test Acc(%)²" if on_test else "Test Acc(%)"
-    head = (["Model", "Test Loss", best_head, "#Params(M)", "Best Val(%)", "Final Acc(%)³"]
-            + (["Final Exact(%)¹"] if exact else []) + ["n", "Diverged"])
+    head = (
+        ["Model", "Test Loss", best_head, "#Params(M)", "Best Val(%)", "Final Acc(%)³"]
+        + (["Final Exact(%)¹"] if exact else [])
+        + ["n", "Diverged"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for model, rs in groups.items():
         best = [r.best for r in rs]
@@ -334,8 +390,14 @@ def table_markdown(results: list[Result]) -> str:
         best_val = _cell([r.best_val for r in rs])
         if len(rs) == 1 and rs[0].best is not None:
             best_val += f" (epoch {rs[0].best.epoch})"
-        cells = [model, _cell([e and e.loss for e in best], ".4f"), _cell([e and e.acc for e in best]),
-                 f"{rs[0].params / 1e6:.2f}", best_val, _cell([e and e.acc for e in final])]
+        cells = [
+            model,
+            _cell([e and e.loss for e in best], ".4f"),
+            _cell([e and e.acc for e in best]),
+            f"{rs[0].params / 1e6:.2f}",
+            best_val,
+            _cell([e and e.acc for e in final]),
+        ]
         if exact:
             cells.append(_cell([e and e.acc_exact for e in final]))
         diverged = [r for r in rs if r.diverged]
@@ -346,45 +408,88 @@ def table_markdown(results: list[Result]) -> str:
         notes.append("Cells are mean ± sample standard deviation over n seeds.")
     if exact:
         r0 = next(r for r in results if r.images_exact is not None)
-        notes.append(f"¹ On the {r0.images_exact:,} of {r0.images:,} test images that are pixel-exact; the "
-                     f"others in this copy of the test set are JPEG fills.")
+        notes.append(
+            f"¹ On the {r0.images_exact:,} of {r0.images:,} test images that are pixel-exact; the "
+            f"others in this copy of the test set are JPEG fills."
+        )
     if on_test:
-        notes.append("² The best epoch's weights, picked on the test set itself (the study's choice): "
-                     "optimistic. Use --val-split N to select on held-out training images.")
-    notes.append("³ The weights that judge the model: " + (
-        "the last epoch's." if on_test else "the best epoch's, selected on the held-out split."))
+        notes.append(
+            "² The best epoch's weights, picked on the test set itself (the study's choice): "
+            "optimistic. Use --val-split N to select on held-out training images."
+        )
+    notes.append(
+        "³ The weights that judge the model: "
+        + ("the last epoch's." if on_test else "the best epoch's, selected on the held-out split.")
+    )
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
 def selection_note(cfg: Config) -> str:
     if cfg.val_split:
-        return (f"Best epochs are selected on {cfg.val_split:,} held-out training images; the test set is "
-                f"used only for the final evaluation.")
-    return ("Best epochs are selected on the test set, as in the study, so Best Val and the test "
-            "accuracy of the best epoch are optimistic; verdicts use the last epoch's weights. "
-            "Use --val-split N for an unbiased selection.")
+        return (
+            f"Best epochs are selected on {cfg.val_split:,} held-out training images; the test set is "
+            f"used only for the final evaluation."
+        )
+    return (
+        "Best epochs are selected on the test set, as in the study, so Best Val and the test "
+        "accuracy of the best epoch are optimistic; verdicts use the last epoch's weights. "
+        "Use --val-split N for an unbiased selection."
+    )
 
 
 def protocol_note(cfg: Config) -> str:
-    return (f"Protocol: {cfg.epochs} epochs, batch {cfg.batch_size}, SGD momentum {cfg.momentum}, "
-            f"weight decay {cfg.weight_decay}, MultiStepLR milestones {list(cfg.milestones)} gamma "
-            f"{cfg.gamma}, {cfg.pipeline} pipeline, {cfg.precision}. {selection_note(cfg)}")
+    return (
+        f"Protocol: {cfg.epochs} epochs, batch {cfg.batch_size}, SGD momentum {cfg.momentum}, "
+        f"weight decay {cfg.weight_decay}, MultiStepLR milestones {list(cfg.milestones)} gamma "
+        f"{cfg.gamma}, {cfg.pipeline} pipeline, {cfg.precision}. {selection_note(cfg)}"
+    )
 
 
-def write_outputs(out_dir: Path, results: list[Result], run_dirs: list[Path], note: str,
-                  deltas: list[str]) -> None:
+def write_outputs(out_dir: Path, results: list[Result], run_dirs: list[Path], note: str, deltas: list[str]) -> None:
     """comparison.csv (one row per run, its folder relative to ``out_dir``) and comparison.md."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["model", "seed", "run_dir", "params", "best_epoch", "best_val", "best_test_loss", "best_test_acc",
-                "last_epoch", "last_test_loss", "last_test_acc", "final_test_acc", "diverged_epoch"])
+    w.writerow(
+        [
+            "model",
+            "seed",
+            "run_dir",
+            "params",
+            "best_epoch",
+            "best_val",
+            "best_test_loss",
+            "best_test_acc",
+            "last_epoch",
+            "last_test_loss",
+            "last_test_acc",
+            "final_test_acc",
+            "diverged_epoch",
+        ]
+    )
     for r, d in zip(results, run_dirs):
         b, last, f = r.best, r.last, r.final
-        row = [r.model, r.seed, relative_dir(d, out_dir), r.params, b and b.epoch, r.best_val, b and b.loss,
-               b and b.acc, last and last.epoch, last and last.loss, last and last.acc, f and f.acc,
-               r.diverged and r.diverged["epoch"]]
+        row = [
+            r.model,
+            r.seed,
+            relative_dir(d, out_dir),
+            r.params,
+            b and b.epoch,
+            r.best_val,
+            b and b.loss,
+            b and b.acc,
+            last and last.epoch,
+            last and last.loss,
+            last and last.acc,
+            f and f.acc,
+            r.diverged and r.diverged["epoch"],
+        ]
         w.writerow(["" if v is None else v for v in row])
     atomic_write_text(Path(out_dir) / "comparison.csv", buf.getvalue())
-    md = "# archbench comparison\n\n" + table_markdown(results) + "\n" + "\n".join(
-        f"{d}  " for d in deltas) + f"\n\n{note}\n"
+    md = (
+        "# archbench comparison\n\n"
+        + table_markdown(results)
+        + "\n"
+        + "\n".join(f"{d}  " for d in deltas)
+        + f"\n\n{note}\n"
+    )
     atomic_write_text(Path(out_dir) / "comparison.md", md)

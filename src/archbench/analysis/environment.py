@@ -17,8 +17,9 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 def _git(*args: str) -> str | None:
     try:
-        p = subprocess.run(["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, text=True,
-                           timeout=GIT_TIMEOUT_S)
+        p = subprocess.run(
+            ["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return p.stdout.strip() if p.returncode == 0 else None
@@ -45,8 +46,11 @@ def device_name(device: torch.device) -> str:
 
 def describe(device: torch.device, data: Cifar10 | None, wall_seconds: float) -> dict:
     return {
-        "archbench": __version__, "git commit": git_commit(), "torch": torch.__version__,
-        "python": platform.python_version(), "device": device_name(device),
+        "archbench": __version__,
+        "git commit": git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device_name(device),
         "data": None if data is None else data.source,
         "data checksums": None if data is None else data.checksums,
         "test images": None if data is None else len(data.y_test),

@@ -21,8 +21,18 @@ from pathlib import Path
 import numpy as np
 
 from archbench.analysis import stats
-from archbench.analysis.compare import (FINAL_NAME, MANIFEST_NAME, PREDICTIONS_NAME, RUN_FILES_FIX, Manifest, Result,
-                                        by_model, read_final, read_manifest, read_predictions)
+from archbench.analysis.compare import (
+    FINAL_NAME,
+    MANIFEST_NAME,
+    PREDICTIONS_NAME,
+    RUN_FILES_FIX,
+    Manifest,
+    Result,
+    by_model,
+    read_final,
+    read_manifest,
+    read_predictions,
+)
 from archbench.analysis.metrics import summarize
 from archbench.config import PROTOCOL_FIELDS, Config, protocol, protocol_mismatch, read_json
 from archbench.errors import ArchbenchError
@@ -58,8 +68,9 @@ class RunData:
 def load_run(run_dir: Path) -> RunData:
     """A run folder's files, each checked by its reader, then against each other."""
     if not run_dir.is_dir():
-        raise ArchbenchError(f"{run_dir} is listed in the comparison but missing; restore it or run "
-                             f"archbench compare again")
+        raise ArchbenchError(
+            f"{run_dir} is listed in the comparison but missing; restore it or run archbench compare again"
+        )
     cfg = read_json(run_dir / CONFIG_NAME)
     records = history.read(run_dir)
     result = read_final(run_dir)
@@ -69,8 +80,14 @@ def load_run(run_dir: Path) -> RunData:
     return RunData(run_dir, cfg, result, records, metrics, predictions, gradflow.read(run_dir))
 
 
-def _check_agreement(run_dir: Path, cfg: Config, records: list[dict], result: Result,
-                     predictions: dict[str, np.ndarray] | None, diverged: dict | None) -> None:
+def _check_agreement(
+    run_dir: Path,
+    cfg: Config,
+    records: list[dict],
+    result: Result,
+    predictions: dict[str, np.ndarray] | None,
+    diverged: dict | None,
+) -> None:
     """Refuse a run whose files describe different runs: one left from another run, or cut short,
     would otherwise make a report that contradicts itself. Each rule names both files."""
     config, final, npz = run_dir / CONFIG_NAME, run_dir / FINAL_NAME, run_dir / PREDICTIONS_NAME
@@ -79,31 +96,44 @@ def _check_agreement(run_dir: Path, cfg: Config, records: list[dict], result: Re
         if not ok:
             raise ArchbenchError(f"{problem}; {RUN_FILES_FIX}")
 
-    require((result.model, result.seed, result.planned_epochs) == (cfg.model, cfg.seed, cfg.epochs),
-            f"{final} is of {result.model} seed {result.seed}, {result.planned_epochs} epochs, but {config} of "
-            f"{cfg.model} seed {cfg.seed}, {cfg.epochs} epochs")
-    require(result.selected_on == ("validation" if cfg.val_split else "test"),
-            f"{final} selected on {result.selected_on}, but {config} has val_split={cfg.val_split}")
+    require(
+        (result.model, result.seed, result.planned_epochs) == (cfg.model, cfg.seed, cfg.epochs),
+        f"{final} is of {result.model} seed {result.seed}, {result.planned_epochs} epochs, but {config} of "
+        f"{cfg.model} seed {cfg.seed}, {cfg.epochs} epochs",
+    )
+    require(
+        result.selected_on == ("validation" if cfg.val_split else "test"),
+        f"{final} selected on {result.selected_on}, but {config} has val_split={cfg.val_split}",
+    )
     record = run_dir / divergence.FILE_NAME
     noted = None if diverged is None else {"epoch": diverged["epoch"], "step": diverged["step"]}
-    require(result.diverged == noted, f"{final} has diverged={result.diverged}, but {record} "
-                                      f"{'is absent' if noted is None else f'records {noted}'}")
+    require(
+        result.diverged == noted,
+        f"{final} has diverged={result.diverged}, but {record} {'is absent' if noted is None else f'records {noted}'}",
+    )
     differ = [] if diverged is None else protocol_mismatch(diverged["config"], cfg)
     require(not differ, f"{record} is of another protocol than {config} ({differ[0] if differ else ''})")
     kept = 0 if result.last is None else result.last.epoch
-    require(len(records) == kept, f"the history ({run_dir / history.JSONL_NAME}, {history.CSV_NAME}) holds "
-                                  f"{len(records)} epochs, but {final} describes the weights of epoch {kept}")
-    require((predictions is None) == (result.last is None),
-            f"{npz} is {'absent' if predictions is None else 'there'}, but {final} describes "
-            f"{'weights' if result.last else 'no weights'}")
+    require(
+        len(records) == kept,
+        f"the history ({run_dir / history.JSONL_NAME}, {history.CSV_NAME}) holds "
+        f"{len(records)} epochs, but {final} describes the weights of epoch {kept}",
+    )
+    require(
+        (predictions is None) == (result.last is None),
+        f"{npz} is {'absent' if predictions is None else 'there'}, but {final} describes "
+        f"{'weights' if result.last else 'no weights'}",
+    )
     if predictions is None or result.last is None:
         return
     n = len(predictions["index"])
     require(n == result.images, f"{npz} holds {n} test images, {final} {result.images}")
     for which, ev in (("best", result.best), ("last", result.last)):
         acc = 100.0 * int(np.sum(predictions[f"{which}_pred"] == predictions["label"])) / n
-        require(math.isclose(acc, ev.acc, rel_tol=1e-9, abs_tol=1e-9),
-                f"{npz} gives the {which} weights {acc:.2f}% accuracy, {final} {ev.acc:.2f}%")
+        require(
+            math.isclose(acc, ev.acc, rel_tol=1e-9, abs_tol=1e-9),
+            f"{npz} gives the {which} weights {acc:.2f}% accuracy, {final} {ev.acc:.2f}%",
+        )
 
 
 def check_protocols(runs: list[RunData]) -> None:
@@ -113,18 +143,26 @@ def check_protocols(runs: list[RunData]) -> None:
         same_model = r.cfg.model == first.cfg.model
         skip = {"seed"} if same_model else {"seed", *PER_MODEL_FIELDS}
         a, b = protocol(first.cfg), protocol(r.cfg)
-        diffs = [f"{k}: {a[k]!r} in {first.dir / CONFIG_NAME} vs {b[k]!r} in {r.dir / CONFIG_NAME}"
-                 for k in PROTOCOL_FIELDS if k not in skip and a[k] != b[k]]
+        diffs = [
+            f"{k}: {a[k]!r} in {first.dir / CONFIG_NAME} vs {b[k]!r} in {r.dir / CONFIG_NAME}"
+            for k in PROTOCOL_FIELDS
+            if k not in skip and a[k] != b[k]
+        ]
         if diffs:
-            raise ArchbenchError(f"the compared runs differ in protocol ({'; '.join(diffs)}); compare only runs "
-                                 f"trained the same way")
+            raise ArchbenchError(
+                f"the compared runs differ in protocol ({'; '.join(diffs)}); compare only runs trained the same way"
+            )
     evaluated = [r for r in runs if r.predictions is not None]
-    differ = next((r for r in evaluated[1:]
-                   if not np.array_equal(evaluated[0].predictions["index"], r.predictions["index"])), None)
+    differ = next(
+        (r for r in evaluated[1:] if not np.array_equal(evaluated[0].predictions["index"], r.predictions["index"])),
+        None,
+    )
     if differ is not None:
-        raise ArchbenchError(f"the compared runs were evaluated on different test images "
-                             f"({evaluated[0].dir / PREDICTIONS_NAME} vs {differ.dir / PREDICTIONS_NAME}); run "
-                             f"archbench compare again to evaluate them on the same ones")
+        raise ArchbenchError(
+            f"the compared runs were evaluated on different test images "
+            f"({evaluated[0].dir / PREDICTIONS_NAME} vs {differ.dir / PREDICTIONS_NAME}); run "
+            f"archbench compare again to evaluate them on the same ones"
+        )
 
 
 def load(out_dir: Path) -> tuple[Manifest, dict[str, list[RunData]]]:
@@ -133,9 +171,11 @@ def load(out_dir: Path) -> tuple[Manifest, dict[str, list[RunData]]]:
     runs = [load_run(d) for d in manifest.run_dirs(out_dir)]
     for r, ref in zip(runs, manifest.runs):
         if (r.cfg.model, r.cfg.seed) != (ref.model, ref.seed):
-            raise ArchbenchError(f"{Path(out_dir) / MANIFEST_NAME} lists {ref.model} seed {ref.seed} in {ref.dir}, but "
-                                 f"{r.dir / CONFIG_NAME} is of {r.cfg.model} seed {r.cfg.seed}; run archbench "
-                                 f"compare --out {out_dir} again")
+            raise ArchbenchError(
+                f"{Path(out_dir) / MANIFEST_NAME} lists {ref.model} seed {ref.seed} in {ref.dir}, but "
+                f"{r.dir / CONFIG_NAME} is of {r.cfg.model} seed {r.cfg.seed}; run archbench "
+                f"compare --out {out_dir} again"
+            )
     check_protocols(runs)
     groups = by_model(runs, key=lambda r: r.cfg.model)
     return manifest, {m: groups[m] for m in manifest.models if m in groups}
@@ -187,10 +227,16 @@ def accuracy_evidence(a: list[RunData], b: list[RunData]) -> AccuracyEvidence | 
     tests = [stats.mcnemar(x, y) for x, y in zip(ca, cb)]
     sd = float(np.std(per_seed, ddof=1)) if len(seeds) > 1 else float("nan")
     return AccuracyEvidence(
-        seeds, per_seed, stats.paired_t(list(100.0 * ca.mean(axis=1)), list(100.0 * cb.mean(axis=1))),
-        stats.two_level_bootstrap(ca, cb, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED), tests,
-        stats.mcnemar_combined(tests), stats.cohens_dz(per_seed), stats.min_detectable_effect(sd, len(seeds)),
-        [f"{r.cfg.model} seed {r.cfg.seed}" for r in a + b if r.result.diverged])
+        seeds,
+        per_seed,
+        stats.paired_t(list(100.0 * ca.mean(axis=1)), list(100.0 * cb.mean(axis=1))),
+        stats.two_level_bootstrap(ca, cb, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
+        tests,
+        stats.mcnemar_combined(tests),
+        stats.cohens_dz(per_seed),
+        stats.min_detectable_effect(sd, len(seeds)),
+        [f"{r.cfg.model} seed {r.cfg.seed}" for r in a + b if r.result.diverged],
+    )
 
 
 def accuracy_line(a: str, b: str, ev: AccuracyEvidence | None) -> str:

@@ -69,8 +69,15 @@ def phase_stability(records: Records) -> list[dict]:
     out = []
     for phase in lr_phases(records):
         acc = [r["val_acc"] for r in phase]
-        out.append({"lr": phase[0]["lr"], "first_epoch": phase[0]["epoch"], "last_epoch": phase[-1]["epoch"],
-                    "val_acc_std": float(np.std(acc)), "val_acc_fluctuation": fluctuation(acc)})
+        out.append(
+            {
+                "lr": phase[0]["lr"],
+                "first_epoch": phase[0]["epoch"],
+                "last_epoch": phase[-1]["epoch"],
+                "val_acc_std": float(np.std(acc)),
+                "val_acc_fluctuation": fluctuation(acc),
+            }
+        )
     return out
 
 
@@ -87,8 +94,12 @@ def milestone_jumps(records: Records, window: int = JUMP_WINDOW) -> list[dict]:
     for before, after in zip(phases, phases[1:]):
         k = min(window, len(before), len(after))
         pre, post = before[-k:], after[:k]
-        row: dict[str, Any] = {"after_epoch": before[-1]["epoch"], "lr_from": before[-1]["lr"],
-                               "lr_to": after[0]["lr"], "window": k}
+        row: dict[str, Any] = {
+            "after_epoch": before[-1]["epoch"],
+            "lr_from": before[-1]["lr"],
+            "lr_to": after[0]["lr"],
+            "window": k,
+        }
         for key in ("val_acc", "val_loss"):
             b = float(np.mean([r[key] for r in pre]))
             a = float(np.mean([r[key] for r in post]))
@@ -100,8 +111,13 @@ def milestone_jumps(records: Records, window: int = JUMP_WINDOW) -> list[dict]:
 def plateau(records: Records, epochs: int = PLATEAU_EPOCHS) -> dict:
     """Mean and range of val accuracy over the last ``epochs`` epochs (all, if fewer)."""
     acc = np.array([r["val_acc"] for r in records[-epochs:]], dtype=float)
-    return {"epochs": len(acc), "val_acc_mean": float(acc.mean()), "val_acc_min": float(acc.min()),
-            "val_acc_max": float(acc.max()), "val_acc_range": float(acc.max() - acc.min())}
+    return {
+        "epochs": len(acc),
+        "val_acc_mean": float(acc.mean()),
+        "val_acc_min": float(acc.min()),
+        "val_acc_max": float(acc.max()),
+        "val_acc_range": float(acc.max() - acc.min()),
+    }
 
 
 def generalization_gap(records: Records) -> dict:
@@ -130,16 +146,19 @@ def summarize(records: Records, planned_epochs: int | None = None) -> dict[str, 
     if planned < records[-1]["epoch"]:
         raise ValueError(f"planned_epochs={planned} is shorter than the history ({records[-1]['epoch']} epochs)")
 
-    reached: dict[str, int | None] = {f"epochs_to_{level:g}": first_epoch(records, "val_acc", level)
-                                      for level in ACC_LEVELS}
+    reached: dict[str, int | None] = {
+        f"epochs_to_{level:g}": first_epoch(records, "val_acc", level) for level in ACC_LEVELS
+    }
     reached["epochs_to_train_loss"] = first_epoch(records, "train_loss", TRAIN_LOSS_LEVEL, below=True)
     out: dict[str, Any] = {k: planned + 1 if v is None else v for k, v in reached.items()}
 
     phase1 = lr_phases(records)[0]
     stab1 = phase_stability(phase1)[0]
-    out.update(phase1_train_loss_mean=float(np.mean([r["train_loss"] for r in phase1])),
-               phase1_val_acc_fluctuation=stab1["val_acc_fluctuation"],
-               phase1_val_acc_std=stab1["val_acc_std"])
+    out.update(
+        phase1_train_loss_mean=float(np.mean([r["train_loss"] for r in phase1])),
+        phase1_val_acc_fluctuation=stab1["val_acc_fluctuation"],
+        phase1_val_acc_std=stab1["val_acc_std"],
+    )
     for i, j in enumerate(milestone_jumps(records), start=1):
         out[f"milestone{i}_val_acc_jump"] = j["val_acc_jump"]
         out[f"milestone{i}_val_loss_jump"] = j["val_loss_jump"]
@@ -163,11 +182,20 @@ METRIC_LABELS: dict[str, str] = {
     "phase1_val_acc_fluctuation": "val acc fluctuation around its trend, first LR phase (pp RMS)",
     "phase1_val_acc_std": "val acc std, first LR phase (pp)",
     # the study's schedule has 2 LR steps; the rest leave room for longer schedules
-    **{k: v for i in range(1, 10) for k, v in (
-        (f"milestone{i}_val_acc_jump",
-         f"val acc change at {_ordinal(i)} LR step, mean of {JUMP_WINDOW} epochs after − before (pp)"),
-        (f"milestone{i}_val_loss_jump",
-         f"val loss change at {_ordinal(i)} LR step, mean of {JUMP_WINDOW} epochs after − before (nats)"))},
+    **{
+        k: v
+        for i in range(1, 10)
+        for k, v in (
+            (
+                f"milestone{i}_val_acc_jump",
+                f"val acc change at {_ordinal(i)} LR step, mean of {JUMP_WINDOW} epochs after − before (pp)",
+            ),
+            (
+                f"milestone{i}_val_loss_jump",
+                f"val loss change at {_ordinal(i)} LR step, mean of {JUMP_WINDOW} epochs after − before (nats)",
+            ),
+        )
+    },
     "plateau_val_acc_mean": f"plateau val acc, mean of last {PLATEAU_EPOCHS} epochs (%)",
     "plateau_val_acc_range": f"plateau val acc range, max − min of last {PLATEAU_EPOCHS} epochs (pp)",
     "final_acc_gap": "final train − val acc gap (pp)",
@@ -178,7 +206,8 @@ METRIC_LABELS: dict[str, str] = {
 
 LOWER_IS_BETTER: frozenset[str] = frozenset(
     [f"epochs_to_{level:g}" for level in ACC_LEVELS]
-    + ["epochs_to_train_loss", "phase1_train_loss_mean", "phase1_val_acc_fluctuation", "phase1_val_acc_std"])
+    + ["epochs_to_train_loss", "phase1_train_loss_mean", "phase1_val_acc_fluctuation", "phase1_val_acc_std"]
+)
 
 
 def mean_band(runs: Sequence[Records], key: str) -> tuple[list[int], list[float], list[float], list[int]]:
@@ -194,7 +223,7 @@ def mean_band(runs: Sequence[Records], key: str) -> tuple[list[int], list[float]
     n = max(len(r) for r in runs)
     longest = max(runs, key=len)
     epochs = [r["epoch"] for r in longest]
-    if any([r["epoch"] for r in run] != epochs[:len(run)] for run in runs):
+    if any([r["epoch"] for r in run] != epochs[: len(run)] for run in runs):
         raise ValueError("runs do not share the same epoch numbers")
     means, stds, counts = [], [], []
     for i in range(n):

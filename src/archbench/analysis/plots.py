@@ -59,8 +59,9 @@ def _draw_curves(ax, key: str, runs: list[list[dict]], label: str | None, color=
     for split, style in (("train", "--"), ("val", "-")):
         epochs, mean, sd, _ = mean_band(runs, f"{split}_{key}")
         marker = "o" if len(epochs) <= 20 else None  # a short run's points would vanish as bare lines
-        ax.plot(epochs, mean, style, marker=marker, ms=3, color=color,
-                label=None if label is None else f"{label} {split}")
+        ax.plot(
+            epochs, mean, style, marker=marker, ms=3, color=color, label=None if label is None else f"{label} {split}"
+        )
         if len(runs) > 1:
             ax.fill_between(epochs, np.subtract(mean, sd), np.add(mean, sd), color=color, alpha=0.15, lw=0)
     if key == "loss":
@@ -97,14 +98,15 @@ def draw_run(run: RunCurves) -> list[Path]:
     for key, ylabel in METRICS:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         _draw_curves(ax, key, [run.records], run.label)
-        ax.set(xlabel="Epoch", ylabel=ylabel,
-               title=f"{run.label}: {'loss' if key == 'loss' else 'accuracy'} curves")
+        ax.set(xlabel="Epoch", ylabel=ylabel, title=f"{run.label}: {'loss' if key == 'loss' else 'accuracy'} curves")
         ax.grid(alpha=0.3, which="both")
         ax.legend()
         paths.append(_save(fig, run.dir / ("loss.png" if key == "loss" else "accuracy.png")))
     if run.flow is not None:
-        paths += [plot_gradflow({run.label: run.flow}, run.dir / "gradflow.png"),
-                  plot_gradflow_ratio(run.flow, run.label, run.dir / "gradflow_ratio.png")]
+        paths += [
+            plot_gradflow({run.label: run.flow}, run.dir / "gradflow.png"),
+            plot_gradflow_ratio(run.flow, run.label, run.dir / "gradflow_ratio.png"),
+        ]
     return paths
 
 
@@ -147,8 +149,9 @@ def plot_per_seed(values: dict[str, list[tuple[int, float]]], path: Path, ylabel
 def plot_confusion(matrices: dict[str, np.ndarray], path: Path) -> Path:
     """Row-normalised confusion matrices (true class down, predicted across), one panel per model."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices) + 0.8, 4.2), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(matrices), figsize=(4.2 * len(matrices) + 0.8, 4.2), squeeze=False, layout="constrained"
+    )
     im = None
     for ax, (model, m) in zip(axes[0], matrices.items()):
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -169,8 +172,13 @@ def plot_reliability(curves: dict[str, dict], path: Path) -> Path:
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
     for (model, c), color in zip(curves.items(), _colors(len(curves))):
         ax.plot(c["confidence"], c["accuracy"], "o-", ms=4, color=color, label=f"{model} (ECE {c['ece']:.2f}%)")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top softmax probability)", ylabel="accuracy",
-           title="Reliability diagram (final weights, all seeds)")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence (top softmax probability)",
+        ylabel="accuracy",
+        title="Reliability diagram (final weights, all seeds)",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)
@@ -181,13 +189,20 @@ def plot_gradflow(flows: dict[str, gradflow.Flow], path: Path) -> Path:
     plt = _pyplot()
     logs = {m: np.log10(np.maximum(f.relative(), 1e-12)) for m, f in flows.items()}
     finite = np.concatenate([v[np.isfinite(v)] for v in logs.values()])
-    vmin, vmax = (np.percentile(finite, [1, 99]) if finite.size else (-6.0, 0.0))
+    vmin, vmax = np.percentile(finite, [1, 99]) if finite.size else (-6.0, 0.0)
     height = max(3.0, 0.12 * max(len(f.layers) for f in flows.values()) + 1.5)
     fig, axes = plt.subplots(len(flows), 1, figsize=(9, height * len(flows)), squeeze=False, layout="constrained")
     im = None
     for ax, (model, f) in zip(axes[:, 0], flows.items()):
-        im = ax.imshow(logs[model].T, aspect="auto", origin="upper", cmap="viridis", vmin=vmin, vmax=vmax,
-                       extent=(0, f.t[-1], len(f.layers) - 0.5, -0.5))
+        im = ax.imshow(
+            logs[model].T,
+            aspect="auto",
+            origin="upper",
+            cmap="viridis",
+            vmin=vmin,
+            vmax=vmax,
+            extent=(0, f.t[-1], len(f.layers) - 0.5, -0.5),
+        )
         step = max(1, len(f.layers) // 12)
         ax.set_yticks(range(0, len(f.layers), step), [f.layers[i] for i in range(0, len(f.layers), step)], fontsize=6)
         ax.set(xlabel="Epoch", ylabel="layer (input at top)", title=f"{model}: ‖grad‖ / ‖weight‖ per layer")
@@ -201,7 +216,10 @@ def plot_gradflow_ratio(flow: gradflow.Flow, label: str, path: Path) -> Path:
     rel = flow.relative()
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.semilogy(flow.t, rel[:, 0] / np.maximum(rel[:, -1], 1e-30), marker="o" if len(flow.t) <= 40 else None, ms=3)
-    ax.set(xlabel="Epoch", ylabel=f"(‖g‖/‖w‖) {flow.layers[0]} ÷ {flow.layers[-1]}",
-           title=f"{label}: first-layer / last-layer relative gradient")
+    ax.set(
+        xlabel="Epoch",
+        ylabel=f"(‖g‖/‖w‖) {flow.layers[0]} ÷ {flow.layers[-1]}",
+        title=f"{label}: first-layer / last-layer relative gradient",
+    )
     ax.grid(alpha=0.3, which="both")
     return _save(fig, path)

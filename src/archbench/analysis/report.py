@@ -33,8 +33,12 @@ STUDY_EPOCHS = 100
 CHANCE_PP = 100.0 / NUM_CLASSES
 NEAR_CHANCE_FACTOR = 2.0  # a final accuracy below twice chance (20%) has learned little
 FULL_TEST_SET = 10_000
-LABEL_COLORS = {verdict_rules.SUPPORTED: "#1b7f3b", verdict_rules.CONTRADICTED: "#b3261e",
-                verdict_rules.NOT_SHOWN: "#8a6d00", verdict_rules.NOT_APPLICABLE: "#555555"}
+LABEL_COLORS = {
+    verdict_rules.SUPPORTED: "#1b7f3b",
+    verdict_rules.CONTRADICTED: "#b3261e",
+    verdict_rules.NOT_SHOWN: "#8a6d00",
+    verdict_rules.NOT_APPLICABLE: "#555555",
+}
 
 Block = tuple
 
@@ -49,43 +53,60 @@ def warnings(runs: dict[str, list[RunData]]) -> list[str]:
     cfg = next(iter(runs.values()))[0].cfg
     first_step = cfg.milestones[0] if cfg.milestones else None
     if first_step is None or cfg.epochs <= first_step:
-        out.append(f"Smoke run: {cfg.epochs} epochs, ending before the first LR step"
-                   + (f" (after epoch {first_step})" if first_step else "") + ". These numbers do not answer the "
-                   "study's question; its protocol is 100 epochs with LR steps after epochs 50 and 75.")
+        out.append(
+            f"Smoke run: {cfg.epochs} epochs, ending before the first LR step"
+            + (f" (after epoch {first_step})" if first_step else "")
+            + ". These numbers do not answer the "
+            "study's question; its protocol is 100 epochs with LR steps after epochs 50 and 75."
+        )
     elif cfg.epochs != STUDY_EPOCHS:
         out.append(f"{cfg.epochs} epochs, not the study's {STUDY_EPOCHS}: the study's figures are not comparable.")
     for model, rs in runs.items():
         acc = _mean([r.result.final and r.result.final.acc for r in rs])
         if math.isfinite(acc) and acc < NEAR_CHANCE_FACTOR * CHANCE_PP:
-            out.append(f"{model}'s final accuracy ({acc:.1f}%) is near chance ({CHANCE_PP:.0f}%): it has learned "
-                       f"little, and differences involving it say nothing about architectures.")
+            out.append(
+                f"{model}'s final accuracy ({acc:.1f}%) is near chance ({CHANCE_PP:.0f}%): it has learned "
+                f"little, and differences involving it say nothing about architectures."
+            )
     images = next(iter(runs.values()))[0].result.images
     if images < FULL_TEST_SET:
         p = _mean([r.result.final and r.result.final.acc / 100 for rs in runs.values() for r in rs])
         p = 0.5 if not math.isfinite(p) else p
         sd = 100 * math.sqrt(p * (1 - p) / images)
-        out.append(f"Small test set: {images:,} images, so one accuracy figure carries a binomial sd of about "
-                   f"{sd:.1f} pp (at {100 * p:.0f}%) from the choice of test images alone.")
+        out.append(
+            f"Small test set: {images:,} images, so one accuracy figure carries a binomial sd of about "
+            f"{sd:.1f} pp (at {100 * p:.0f}%) from the choice of test images alone."
+        )
     if cfg.val_split is None:
-        out.append("The best epoch was selected on the test set (the study's choice): 'Best Val' and the best "
-                   "weights' test accuracy are optimistic. Verdicts use the last epoch's weights instead.")
+        out.append(
+            "The best epoch was selected on the test set (the study's choice): 'Best Val' and the best "
+            "weights' test accuracy are optimistic. Verdicts use the last epoch's weights instead."
+        )
     if max(len(rs) for rs in runs.values()) < 2:
-        out.append("One seed per model: no interval can separate an architecture's effect from seed-to-seed "
-                   "variation, so no verdict can be 'supported' or 'contradicted' on accuracy. Use --seeds 0 1 2.")
+        out.append(
+            "One seed per model: no interval can separate an architecture's effect from seed-to-seed "
+            "variation, so no verdict can be 'supported' or 'contradicted' on accuracy. Use --seeds 0 1 2."
+        )
     for model, rs in runs.items():
         for r in rs:
             if r.result.diverged:
                 d = r.result.diverged
                 where = f"epoch {d['epoch']}" + (f", step {d['step']}" if d.get("step") else "")
-                out.append(f"{model} seed {r.cfg.seed} diverged at {where}; it counts against {model} in H1 "
-                           f"and, having no final weights, is left out of the accuracy comparisons.")
+                out.append(
+                    f"{model} seed {r.cfg.seed} diverged at {where}; it counts against {model} in H1 "
+                    f"and, having no final weights, is left out of the accuracy comparisons."
+                )
     return out
 
 
 def _verdict_blocks(vs: list[verdict_rules.Verdict]) -> list[Block]:
     if not vs:
-        return [("p", "No verdict: the hypotheses compare a resnet with another model, and this comparison has "
-                      "no such pair.")]
+        return [
+            (
+                "p",
+                "No verdict: the hypotheses compare a resnet with another model, and this comparison has no such pair.",
+            )
+        ]
     return [("verdicts", [(v.label, f"{v.hypothesis} — {v.a} vs {v.b}", v.sentence()) for v in vs])]
 
 
@@ -100,21 +121,51 @@ def _results_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Block
     blocks.append(("list", [accuracy_line(a, b, ev) for a, b, ev in evidence]))
     rows = [_evidence_row(a, b, ev) for a, b, ev in evidence if ev is not None]
     if rows:
-        blocks += [("table", ["A − B", "Δ final acc (pp)", "per seed (pp)", "paired t over seeds",
-                              "two-level bootstrap", "McNemar p per seed", "McNemar p pooled", "d_z",
-                              "detectable (80% power)"], rows),
-                   ("p", "Final weights' test accuracy, paired by seed. The paired t interval holds the test set "
-                         "fixed; the bootstrap also resamples test images. McNemar compares the two trained "
-                         "networks image by image. d_z is the mean per-seed difference over its sd; the last "
-                         "column is the smallest true difference this many seeds would detect at this spread.")]
+        blocks += [
+            (
+                "table",
+                [
+                    "A − B",
+                    "Δ final acc (pp)",
+                    "per seed (pp)",
+                    "paired t over seeds",
+                    "two-level bootstrap",
+                    "McNemar p per seed",
+                    "McNemar p pooled",
+                    "d_z",
+                    "detectable (80% power)",
+                ],
+                rows,
+            ),
+            (
+                "p",
+                "Final weights' test accuracy, paired by seed. The paired t interval holds the test set "
+                "fixed; the bootstrap also resamples test images. McNemar compares the two trained "
+                "networks image by image. d_z is the mean per-seed difference over its sd; the last "
+                "column is the smallest true difference this many seeds would detect at this spread.",
+            ),
+        ]
     study = [[m, f"{STUDY[m][0]:.2f}", f"{STUDY[m][1]:.4f}"] for m in models if m in STUDY]
     if study:
-        blocks += [("p", "The study's published figures (one 100-epoch run each, best epoch selected on the test "
-                         "set), for reference:"), ("table", ["Model", "Test Acc(%)", "Test Loss"], study)]
+        blocks += [
+            (
+                "p",
+                "The study's published figures (one 100-epoch run each, best epoch selected on the test "
+                "set), for reference:",
+            ),
+            ("table", ["Model", "Test Acc(%)", "Test Loss"], study),
+        ]
     per_seed = {m: [(r.cfg.seed, r.result.final.acc) for r in rs if r.result.final] for m, rs in runs.items()}
     if any(per_seed.values()):
-        blocks.append(("img", plots.plot_per_seed({m: v for m, v in per_seed.items() if v}, out_dir / "per_seed.png",
-                                                  "final test accuracy (%)"), "Final test accuracy per seed"))
+        blocks.append(
+            (
+                "img",
+                plots.plot_per_seed(
+                    {m: v for m, v in per_seed.items() if v}, out_dir / "per_seed.png", "final test accuracy (%)"
+                ),
+                "Final test accuracy per seed",
+            )
+        )
     blocks += _classwise_blocks(out_dir, runs)
     return blocks
 
@@ -128,10 +179,17 @@ def _p(p: float | None) -> str:
 
 
 def _evidence_row(a: str, b: str, ev) -> list[str]:
-    return [f"{a} − {b}", f"{ev.diff:+.2f}", ", ".join(f"{d:+.2f}" for d in ev.per_seed),
-            _interval(ev.paired_t), _interval(ev.bootstrap), ", ".join(_p(m.p_value) for m in ev.mcnemar),
-            _p(ev.mcnemar_pooled.p_value), "—" if ev.effect_dz is None else f"{ev.effect_dz:+.2f}",
-            "—" if ev.mde_pp is None else f"{ev.mde_pp:.2f} pp"]
+    return [
+        f"{a} − {b}",
+        f"{ev.diff:+.2f}",
+        ", ".join(f"{d:+.2f}" for d in ev.per_seed),
+        _interval(ev.paired_t),
+        _interval(ev.bootstrap),
+        ", ".join(_p(m.p_value) for m in ev.mcnemar),
+        _p(ev.mcnemar_pooled.p_value),
+        "—" if ev.effect_dz is None else f"{ev.effect_dz:+.2f}",
+        "—" if ev.mde_pp is None else f"{ev.mde_pp:.2f} pp",
+    ]
 
 
 def _final_arrays(rs: list[RunData]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -153,16 +211,30 @@ def _classwise_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Blo
     acc = {m: np.mean([per_class_accuracy(p, y, NUM_CLASSES) for p, y, _ in a], axis=0) for m, a in arrays.items()}
     rows = [[name] + [f"{acc[m][c]:.1f}" for m in arrays] for c, name in enumerate(plots.CLASS_NAMES)]
     mats = {m: sum(confusion(p, y, NUM_CLASSES) for p, y, _ in a) for m, a in arrays.items()}
-    cal = {m: calibration(np.concatenate([l for _, _, l in a]), np.concatenate([y for _, y, _ in a]))
-           for m, a in arrays.items()}
-    return [("h3", "Per class"), ("table", ["Class"] + [f"{m} acc (%)" for m in arrays], rows),
-            ("img", plots.plot_confusion(mats, out_dir / "confusion.png"),
-             "Confusion matrices of the final weights, summed over seeds, each row normalised"),
-            ("h3", "Calibration"),
-            ("table", ["Model", "ECE (%)", "images"],
-             [[m, f"{c['ece']:.2f}", f"{int(c['count'].sum()):,}"] for m, c in cal.items()]),
-            ("img", plots.plot_reliability(cal, out_dir / "reliability.png"),
-             "Reliability diagram: accuracy against confidence, 15 bins")]
+    cal = {
+        m: calibration(np.concatenate([l for _, _, l in a]), np.concatenate([y for _, y, _ in a]))
+        for m, a in arrays.items()
+    }
+    return [
+        ("h3", "Per class"),
+        ("table", ["Class"] + [f"{m} acc (%)" for m in arrays], rows),
+        (
+            "img",
+            plots.plot_confusion(mats, out_dir / "confusion.png"),
+            "Confusion matrices of the final weights, summed over seeds, each row normalised",
+        ),
+        ("h3", "Calibration"),
+        (
+            "table",
+            ["Model", "ECE (%)", "images"],
+            [[m, f"{c['ece']:.2f}", f"{int(c['count'].sum()):,}"] for m, c in cal.items()],
+        ),
+        (
+            "img",
+            plots.plot_reliability(cal, out_dir / "reliability.png"),
+            "Reliability diagram: accuracy against confidence, 15 bins",
+        ),
+    ]
 
 
 def _metric_cell(rs: list[RunData], key: str) -> str:
@@ -180,16 +252,34 @@ def _curve_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Block]:
     groups = {m: g for m, g in groups.items() if g}
     figs = plots.plot_overlay(groups, out_dir) if groups else []
     keys = [k for k in METRIC_LABELS if any(k in r.metrics for rs in runs.values() for r in rs)]
-    return ([("h2", "Curves")] + [("img", p, alt) for p, alt in zip(
-                figs, ["Loss, log scale (train dashed, val solid; band ±1 sd over seeds)",
-                       "Accuracy (train dashed, val solid; band ±1 sd over seeds)"])]
-            + [("h2", "Convergence and stability"),
-               ("table", ["Metric"] + list(runs), [[METRIC_LABELS[k]] + [_metric_cell(runs[m], k) for m in runs]
-                                                   for k in keys]),
-               ("p", "From each run's history; LR phases are read from its lr column. Jumps compare the mean "
-                     "of 3 epochs after an LR step with the mean of 3 before; fluctuation is the RMS deviation "
-                     "of val accuracy from its Savitzky–Golay trend (5 epochs, quadratic), so a fast climb "
-                     "does not count as instability.")])
+    return (
+        [("h2", "Curves")]
+        + [
+            ("img", p, alt)
+            for p, alt in zip(
+                figs,
+                [
+                    "Loss, log scale (train dashed, val solid; band ±1 sd over seeds)",
+                    "Accuracy (train dashed, val solid; band ±1 sd over seeds)",
+                ],
+            )
+        ]
+        + [
+            ("h2", "Convergence and stability"),
+            (
+                "table",
+                ["Metric"] + list(runs),
+                [[METRIC_LABELS[k]] + [_metric_cell(runs[m], k) for m in runs] for k in keys],
+            ),
+            (
+                "p",
+                "From each run's history; LR phases are read from its lr column. Jumps compare the mean "
+                "of 3 epochs after an LR step with the mean of 3 before; fluctuation is the RMS deviation "
+                "of val accuracy from its Savitzky–Golay trend (5 epochs, quadratic), so a fast climb "
+                "does not count as instability.",
+            ),
+        ]
+    )
 
 
 def _gradflow_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Block]:
@@ -197,11 +287,15 @@ def _gradflow_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Bloc
     if not flows:
         return []
     path = plots.plot_gradflow(flows, out_dir / "gradflow_shared.png")
-    return [("h2", "Gradient flow"),
-            ("img", path, "‖grad‖/‖weight‖ per layer over training (first seed of each model), one colour "
-                          "scale for all"),
-            ("p", "Batch norm makes a layer's output blind to the scale of its weights, so the raw gradient norm "
-                  "shrinks as the weights grow; the ratio ‖g‖/‖w‖ is the relative step each layer takes.")]
+    return [
+        ("h2", "Gradient flow"),
+        ("img", path, "‖grad‖/‖weight‖ per layer over training (first seed of each model), one colour scale for all"),
+        (
+            "p",
+            "Batch norm makes a layer's output blind to the scale of its weights, so the raw gradient norm "
+            "shrinks as the weights grow; the ratio ‖g‖/‖w‖ is the relative step each layer takes.",
+        ),
+    ]
 
 
 def _environment_blocks(manifest, runs: dict[str, list[RunData]], min_effect: float) -> list[Block]:
@@ -212,18 +306,33 @@ def _environment_blocks(manifest, runs: dict[str, list[RunData]], min_effect: fl
     per_model = []
     for m, rs in runs.items():
         secs = [rec["epoch_seconds"] for r in rs for rec in r.records if rec.get("epoch_seconds") is not None]
-        per_model.append([m, f"{rs[0].result.params:,}", f"{rs[0].result.flops_per_image / 1e9:.3f}",
-                          f"{np.mean(secs):.2f}" if secs else "—", ", ".join(str(r.cfg.seed) for r in rs)])
-    return [("h2", "Protocol"), ("list", [
-        f"{cfg.epochs} epochs, batch {cfg.batch_size}, SGD (initial lr: {lrs}; momentum {cfg.momentum}, weight "
-        f"decay {cfg.weight_decay}), MultiStepLR milestones {list(cfg.milestones)} gamma {cfg.gamma}",
-        f"{cfg.pipeline} input pipeline, {cfg.precision}; train subset: {cfg.train_subset or 'all'}, "
-        f"test subset: {cfg.test_subset or 'all'}" + (f", {cfg.val_split:,} held out for validation"
-                                                      if cfg.val_split else ""),
-        selection_note(cfg),
-        f"smallest accuracy difference of interest: {min_effect:g} pp"]),
-        ("h3", "Environment"), ("table", ["What", "Value"], rows),
-        ("table", ["Model", "Parameters", "GFLOPs / image (forward)", "s / epoch (mean)", "Seeds"], per_model)]
+        per_model.append(
+            [
+                m,
+                f"{rs[0].result.params:,}",
+                f"{rs[0].result.flops_per_image / 1e9:.3f}",
+                f"{np.mean(secs):.2f}" if secs else "—",
+                ", ".join(str(r.cfg.seed) for r in rs),
+            ]
+        )
+    return [
+        ("h2", "Protocol"),
+        (
+            "list",
+            [
+                f"{cfg.epochs} epochs, batch {cfg.batch_size}, SGD (initial lr: {lrs}; momentum {cfg.momentum}, weight "
+                f"decay {cfg.weight_decay}), MultiStepLR milestones {list(cfg.milestones)} gamma {cfg.gamma}",
+                f"{cfg.pipeline} input pipeline, {cfg.precision}; train subset: {cfg.train_subset or 'all'}, "
+                f"test subset: {cfg.test_subset or 'all'}"
+                + (f", {cfg.val_split:,} held out for validation" if cfg.val_split else ""),
+                selection_note(cfg),
+                f"smallest accuracy difference of interest: {min_effect:g} pp",
+            ],
+        ),
+        ("h3", "Environment"),
+        ("table", ["What", "Value"], rows),
+        ("table", ["Model", "Parameters", "GFLOPs / image (forward)", "s / epoch (mean)", "Seeds"], per_model),
+    ]
 
 
 def build(out_dir: Path, min_effect_pp: float | None = None) -> list[Block]:
@@ -240,18 +349,25 @@ def build(out_dir: Path, min_effect_pp: float | None = None) -> list[Block]:
     blocks += _curve_blocks(out_dir, runs)
     blocks += _gradflow_blocks(out_dir, runs)
     blocks += _environment_blocks(manifest, runs, min_effect)
-    blocks += [("h2", "Rules"), ("p", " ".join(verdict_rules.__doc__.split())),
-               ("p", "Intervals: run-level metrics use a paired t interval over seeds (seeds pair runs: same data "
-                     "order and augmentation); final accuracy uses a two-level bootstrap that resamples seeds and "
-                     "then test images, so it includes test-set sampling noise; a verdict needs both it and the "
-                     "paired t (the larger p). McNemar's exact test asks whether two trained networks differ on "
-                     "this test set; it does not generalise over seeds. Where nothing varies (ties at every "
-                     "seed) no interval or p-value is given; with one seed the bootstrap interval covers "
-                     "test-image noise only, says so, and no verdict rests on it.")]
+    blocks += [
+        ("h2", "Rules"),
+        ("p", " ".join(verdict_rules.__doc__.split())),
+        (
+            "p",
+            "Intervals: run-level metrics use a paired t interval over seeds (seeds pair runs: same data "
+            "order and augmentation); final accuracy uses a two-level bootstrap that resamples seeds and "
+            "then test images, so it includes test-set sampling noise; a verdict needs both it and the "
+            "paired t (the larger p). McNemar's exact test asks whether two trained networks differ on "
+            "this test set; it does not generalise over seeds. Where nothing varies (ties at every "
+            "seed) no interval or p-value is given; with one seed the bootstrap interval covers "
+            "test-image noise only, says so, and no verdict rests on it.",
+        ),
+    ]
     return blocks
 
 
 # ---------------------------------------------------------------- rendering
+
 
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
@@ -288,12 +404,17 @@ def _md_table_to_html(text: str) -> str:
     notes = [line for line in lines if line and not line.startswith("|")]
     cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows if not set(r) <= set("|-")]
     head, body = cells[0], cells[1:]
-    return (_html_table(head, body) + "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes))
+    return _html_table(head, body) + "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
 
 
 def _html_table(head: list[str], rows: list[list[str]]) -> str:
-    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>" +
-            "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows) + "</table>")
+    return (
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        + "</tr>"
+        + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        + "</table>"
+    )
 
 
 def to_html(blocks: list[Block], title: str) -> str:
@@ -313,24 +434,32 @@ def to_html(blocks: list[Block], title: str) -> str:
             boxes = "".join(
                 f'<div class="verdict" style="border-color:{LABEL_COLORS[label]}">'
                 f'<span class="label" style="background:{LABEL_COLORS[label]}">{html.escape(label)}</span> '
-                f"<strong>{html.escape(t)}</strong><p>{html.escape(text)}</p></div>" for label, t, text in rest[0])
+                f"<strong>{html.escape(t)}</strong><p>{html.escape(text)}</p></div>"
+                for label, t, text in rest[0]
+            )
             body.append(f'<section id="verdicts">{boxes}</section>')
         elif kind == "table":
             body.append(_html_table(*rest))
         elif kind == "img":
             path, alt = rest
             data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-            body.append(f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{html.escape(alt)}</figcaption></figure>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}"
-             "figcaption{color:#555;font-size:90%}.note{color:#555;font-size:90%;margin:.2em 0}"
-             ".verdict{border-left:6px solid;padding:.4em .8em;margin:.6em 0;background:#fafafa}"
-             ".verdict p{margin:.3em 0 0}.label{color:#fff;border-radius:3px;padding:1px 6px;font-size:85%;"
-             "text-transform:uppercase}.warnings{background:#fff6d6;border:1px solid #e0c060;padding:.2em .8em}")
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+            body.append(
+                f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(alt)}</figcaption></figure>"
+            )
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+        "text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}"
+        "figcaption{color:#555;font-size:90%}.note{color:#555;font-size:90%;margin:.2em 0}"
+        ".verdict{border-left:6px solid;padding:.4em .8em;margin:.6em 0;background:#fafafa}"
+        ".verdict p{margin:.3em 0 0}.label{color:#fff;border-radius:3px;padding:1px 6px;font-size:85%;"
+        "text-transform:uppercase}.warnings{background:#fff6d6;border:1px solid #e0c060;padding:.2em .8em}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
 
 
 def write_report(out_dir: Path, min_effect_pp: float | None = None) -> tuple[Path, Path]:

@@ -121,8 +121,7 @@ def paired_t(a: Sequence[float], b: Sequence[float]) -> Estimate:
     if n < 2:
         return Estimate(diff, n, None, None, None, method, "one seed: no spread to estimate")
     if _flat(a - b, _scale(a, b)):
-        return Estimate(diff, n, None, None, None, method,
-                        "no spread: the difference is the same at every seed")
+        return Estimate(diff, n, None, None, None, method, "no spread: the difference is the same at every seed")
     res = stats.ttest_rel(a, b)
     ci = res.confidence_interval(CONFIDENCE)
     return Estimate(diff, n, float(ci.low), float(ci.high), float(res.pvalue), method)
@@ -172,8 +171,7 @@ def _bootstrap_p(means: np.ndarray) -> float:
     return min(1.0, 2 * (int(tail) + 1) / (b + 1))
 
 
-def two_level_bootstrap(correct_a: object, correct_b: object, n_resamples: int = 2000,
-                        seed: int = 0) -> Estimate:
+def two_level_bootstrap(correct_a: object, correct_b: object, n_resamples: int = 2000, seed: int = 0) -> Estimate:
     """Accuracy A − B in percentage points, resampling seeds and then test images.
 
     correct_a[s, i] / correct_b[s, i]: whether model A / B got test image i right in seed
@@ -193,13 +191,13 @@ def two_level_bootstrap(correct_a: object, correct_b: object, n_resamples: int =
     if not d.any():
         return Estimate(diff, s, None, None, None, method, "the models agree on every image")
     if np.ptp(d) == 0:
-        return Estimate(diff, s, None, None, None, method,
-                        "no spread: every image gives the same difference in every seed")
+        return Estimate(
+            diff, s, None, None, None, method, "no spread: every image gives the same difference in every seed"
+        )
     means = 100 * _resampled_means(d, n_resamples, np.random.default_rng(seed))
     low, high = np.percentile(means, [50 * (1 - CONFIDENCE), 50 * (1 + CONFIDENCE)])
     note = "one seed: test-image noise only, no seed-to-seed spread" if s == 1 else ""
-    return Estimate(diff, s, float(low), float(high), _bootstrap_p(means), method, note,
-                    p_floor=2 / (n_resamples + 1))
+    return Estimate(diff, s, float(low), float(high), _bootstrap_p(means), method, note, p_floor=2 / (n_resamples + 1))
 
 
 @dataclass(frozen=True)
@@ -253,8 +251,7 @@ def _paired_power(effect: float, n: int, alpha: float) -> float:
     return float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc))
 
 
-def min_detectable_effect(sd: float, n: int, alpha: float = 0.05,
-                          power: float = 0.8) -> float | None:
+def min_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float | None:
     """Smallest true mean paired difference that a two-sided paired t-test at level alpha
     detects with the given power, for n pairs whose differences have standard deviation sd.
 

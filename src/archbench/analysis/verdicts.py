@@ -45,9 +45,11 @@ ACC_TEXT = "Final test accuracy"
 DEFAULT_MIN_EFFECT_PP = Config.min_effect  # smallest accuracy difference of interest, percentage points
 
 # H1 metrics (lower is better), each with its smallest effect of interest in its own unit.
-CONVERGENCE = (("epochs_to_80", "epochs to 80% val acc", 1.0, "epochs"),
-               ("epochs_to_train_loss", "epochs to train loss ≤ 0.5", 1.0, "epochs"),
-               ("phase1_train_loss_mean", "mean train loss, first LR phase", 0.02, "nats"))
+CONVERGENCE = (
+    ("epochs_to_80", "epochs to 80% val acc", 1.0, "epochs"),
+    ("epochs_to_train_loss", "epochs to train loss ≤ 0.5", 1.0, "epochs"),
+    ("phase1_train_loss_mean", "mean train loss, first LR phase", 0.02, "nats"),
+)
 STABILITY = (("phase1_val_acc_fluctuation", "val acc fluctuation around trend, first LR phase", 0.1, "pp"),)
 
 
@@ -75,8 +77,7 @@ class Test:
         if not math.isfinite(e.diff):
             return f"{self.label}: not available ({e.note})"
         p = "" if self.p_holm is None else f", Holm p = {self.p_holm:.3g}"
-        return (f"{self.label}: {e.text(unit=self.unit)}{p}; smallest effect of interest "
-                f"{self.min_effect:g} {self.unit}")
+        return f"{self.label}: {e.text(unit=self.unit)}{p}; smallest effect of interest {self.min_effect:g} {self.unit}"
 
 
 @dataclass
@@ -121,27 +122,46 @@ def h1(a: list[RunData], b: list[RunData]) -> Verdict:
 def _accuracy_test(a: list[RunData], b: list[RunData], min_effect: float) -> tuple[Test, list[str]]:
     ev = accuracy_evidence(a, b)
     if ev is None:
-        e = stats.Estimate(float("nan"), 0, None, None, None, "two-level bootstrap",
-                           "no seed has final weights for both models")
+        e = stats.Estimate(
+            float("nan"), 0, None, None, None, "two-level bootstrap", "no seed has final weights for both models"
+        )
         return Test("final test accuracy", e, min_effect, "pp", False), []
     boot, t = ev.bootstrap, ev.paired_t
     notes = []
     if len(ev.seeds) < 2:
         # Test-image noise alone would make one pair of networks look like an architecture effect.
-        e = stats.Estimate(boot.diff, 1, boot.ci_low, boot.ci_high, None, boot.method,
-                           "one seed per model: the seed-to-seed spread is unknown")
+        e = stats.Estimate(
+            boot.diff,
+            1,
+            boot.ci_low,
+            boot.ci_high,
+            None,
+            boot.method,
+            "one seed per model: the seed-to-seed spread is unknown",
+        )
     else:
         # A percentile bootstrap over 2-3 seeds is too liberal, the paired t ignores test-set
         # noise: an effect must pass both (the larger p), which keeps the level of each.
         p = None if boot.p_value is None or t.p_value is None else max(boot.p_value, t.p_value)
-        e = stats.Estimate(boot.diff, boot.n, boot.ci_low, boot.ci_high, p,
-                           f"{boot.method}; p: the larger of its and the paired t's",
-                           boot.note, boot.p_floor if p == boot.p_value else None)
-        notes.append("paired t over seeds: " + (f"95% CI [{t.ci_low:+.2f}, {t.ci_high:+.2f}]"
-                                                 if t.has_interval() else f"no interval ({t.note})"))
+        e = stats.Estimate(
+            boot.diff,
+            boot.n,
+            boot.ci_low,
+            boot.ci_high,
+            p,
+            f"{boot.method}; p: the larger of its and the paired t's",
+            boot.note,
+            boot.p_floor if p == boot.p_value else None,
+        )
+        notes.append(
+            "paired t over seeds: "
+            + (f"95% CI [{t.ci_low:+.2f}, {t.ci_high:+.2f}]" if t.has_interval() else f"no interval ({t.note})")
+        )
         if ev.mde_pp is not None:
-            notes.append(f"with {len(ev.seeds)} seeds a paired t at α = 0.05 (before the Holm correction) "
-                         f"detects differences ≥ {ev.mde_pp:.2f} pp with 80% power at this spread")
+            notes.append(
+                f"with {len(ev.seeds)} seeds a paired t at α = 0.05 (before the Holm correction) "
+                f"detects differences ≥ {ev.mde_pp:.2f} pp with 80% power at this spread"
+            )
     if ev.excluded:
         notes.append("left out, diverged: " + ", ".join(ev.excluded))
     if ev.mcnemar_pooled.p_value is not None:
@@ -156,9 +176,16 @@ def h2(a: list[RunData], b: list[RunData], twin: bool, min_effect: float) -> lis
     test, notes = _accuracy_test(a, b, min_effect)
     params = f"parameters {pa / 1e6:.2f}M vs {pb / 1e6:.2f}M"
     if twin:
-        h = Verdict(H2_TEXT, name_a, name_b, NOT_APPLICABLE, notes=[
-            f"{name_b} is {name_a} without shortcuts: the parameter claim does not apply ({params}; the "
-            f"projection shortcuts add {pa - pb:,}); the accuracy difference is judged on its own below"])
+        h = Verdict(
+            H2_TEXT,
+            name_a,
+            name_b,
+            NOT_APPLICABLE,
+            notes=[
+                f"{name_b} is {name_a} without shortcuts: the parameter claim does not apply ({params}; the "
+                f"projection shortcuts add {pa - pb:,}); the accuracy difference is judged on its own below"
+            ],
+        )
         acc = Verdict(ACC_TEXT, name_a, name_b, tests=[test], notes=notes)
         acc.decide = lambda: setattr(acc, "label", _accuracy_label(test))
         return [h, acc]
@@ -181,7 +208,7 @@ def pairs(models: list[str]) -> list[tuple[str, str, bool]]:
     """(resnet, other, other is its same-depth plain twin) for every pair that gets verdicts."""
     out = []
     for a in (m for m in models if m.startswith("resnet")):
-        twin = f"plain{a[len('resnet'):]}"
+        twin = f"plain{a[len('resnet') :]}"
         for b in models:
             if b.startswith("resnet") or (b.startswith("plain") and b != twin):
                 continue

@@ -25,8 +25,11 @@ def _digest(x: np.ndarray, y: np.ndarray) -> str:
 
 
 def fingerprint(data: Cifar10) -> dict[str, str]:
-    return {"train": _digest(data.x_train, data.y_train), "test": _digest(data.x_test, data.y_test),
-            "source": data.source}
+    return {
+        "train": _digest(data.x_train, data.y_train),
+        "test": _digest(data.x_test, data.y_test),
+        "source": data.source,
+    }
 
 
 def differences(saved: Mapping[str, str], now: Mapping[str, str]) -> list[str]:

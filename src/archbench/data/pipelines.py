@@ -74,13 +74,13 @@ class FastPipeline:
     def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
         return (x_uint8.float().div_(255.0) - self._mean).div_(self._std)
 
-    def crop_flip(self, idx: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
-                  flip: torch.Tensor) -> torch.Tensor:
+    def crop_flip(self, idx: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         """uint8 crops of padded images ``idx`` at offsets (dy, dx), mirrored where ``flip``."""
         rows = dy[:, None] + self._window
         cols = torch.where(flip[:, None], dx[:, None] + (SIZE - 1) - self._window, dx[:, None] + self._window)
-        return self.x_train_padded[idx.view(-1, 1, 1, 1), self._channels,
-                                   rows[:, None, :, None], cols[:, None, None, :]]
+        return self.x_train_padded[
+            idx.view(-1, 1, 1, 1), self._channels, rows[:, None, :, None], cols[:, None, None, :]
+        ]
 
     def epoch_plan(self, epoch: int) -> dict[str, torch.Tensor]:
         """The epoch's order and augmentation parameters, drawn at once on the device."""
@@ -96,7 +96,7 @@ class FastPipeline:
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         plan = self.epoch_plan(epoch)
         for s in range(0, self.train_size, self.batch_size):
-            idx = plan["order"][s:s + self.batch_size]
+            idx = plan["order"][s : s + self.batch_size]
             sl = slice(s, s + self.batch_size)
             x = self.crop_flip(idx, plan["dy"][sl], plan["dx"][sl], plan["flip"][sl])
             yield self.normalize(x), self.y_train[idx]
@@ -104,7 +104,7 @@ class FastPipeline:
     def test_batches(self) -> Iterator[Batch]:
         b = self.eval_batch_size
         for s in range(0, self.test_size, b):
-            yield self.normalize(self.x_test[s:s + b]), self.y_test[s:s + b]
+            yield self.normalize(self.x_test[s : s + b]), self.y_test[s : s + b]
 
 
 def test_pipeline(data: Cifar10, batch_size: int, device: torch.device) -> FastPipeline:
@@ -137,8 +137,13 @@ class ReferencePipeline:
         train_tf = T.Compose([T.RandomCrop(SIZE, padding=PAD), T.RandomHorizontalFlip(), *normalize])
         self._generator = torch.Generator()
         loader = lambda ds, shuffle: torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-            generator=self._generator if shuffle else None, pin_memory=self.device.type == "cuda")
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            generator=self._generator if shuffle else None,
+            pin_memory=self.device.type == "cuda",
+        )
         self.train_loader = loader(_ArrayImages(data.x_train, data.y_train, train_tf), True)
         self.test_loader = loader(_ArrayImages(data.x_test, data.y_test, T.Compose(normalize)), False)
         self.train_size, self.test_size = len(data.y_train), len(data.y_test)
@@ -157,8 +162,9 @@ class ReferencePipeline:
         return self._to_device(self.test_loader)
 
 
-def build_pipeline(name: str, data: Cifar10, batch_size: int, seed: int, device: torch.device,
-                   workers: int = 2) -> Pipeline:
+def build_pipeline(
+    name: str, data: Cifar10, batch_size: int, seed: int, device: torch.device, workers: int = 2
+) -> Pipeline:
     if name == "fast":
         return FastPipeline(data, batch_size, seed, device)
     if name == "reference":

@@ -42,8 +42,7 @@ import numpy as np
 from archbench.errors import ArchbenchError
 from archbench.io_utils import os_error, read_text
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-           "dog", "frog", "horse", "ship", "truck")
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 NUM_CLASSES = len(CLASSES)
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -66,7 +65,8 @@ HOW_TO_PROVIDE = (
     "provide CIFAR-10 in one of three ways: pass --data-dir DIR (or set ARCHBENCH_DATA=DIR) "
     "pointing at a cifar-10-batches-py folder, a cifar-10-python.tar.gz or a folder of "
     "*.npz.xz files; put one of those under ./data; or add --download to fetch the official "
-    "archive into ./data (or --data-dir)")
+    "archive into ./data (or --data-dir)"
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class Cifar10:
 
 
 # ---------------------------------------------------------------- locating
+
 
 @dataclass(frozen=True)
 class Found:
@@ -154,20 +155,21 @@ def download(root: Path, downloader: Callable[..., None] | None = None) -> Found
     if downloader is None:
         from torchvision.datasets.utils import download_and_extract_archive as downloader
     try:
-        downloader(OFFICIAL_URL, download_root=str(root), filename=OFFICIAL_ARCHIVE,
-                   md5=OFFICIAL_ARCHIVE_MD5)
+        downloader(OFFICIAL_URL, download_root=str(root), filename=OFFICIAL_ARCHIVE, md5=OFFICIAL_ARCHIVE_MD5)
     except Exception as e:  # network errors come in many types; report them in one line
         raise ArchbenchError(
             f"downloading CIFAR-10 from {OFFICIAL_URL} into {root} failed ({e}); check the "
-            f"network, or download it by hand and pass --data-dir") from e
+            f"network, or download it by hand and pass --data-dir"
+        ) from e
     found = detect(root)
     if not found:
         raise ArchbenchError(f"download into {root} finished but no CIFAR-10 was found there")
     return found
 
 
-def load_cifar10(data_dir: str | None = None, *, download_missing: bool = False,
-                 verify: bool = True, with_train: bool = True) -> Cifar10:
+def load_cifar10(
+    data_dir: str | None = None, *, download_missing: bool = False, verify: bool = True, with_train: bool = True
+) -> Cifar10:
     """Find CIFAR-10 (see ``candidate_dirs``), optionally download it, check and load it."""
     if download_missing:
         try:
@@ -176,8 +178,9 @@ def load_cifar10(data_dir: str | None = None, *, download_missing: bool = False,
             found = download(download_dir(data_dir))
     else:
         found = locate(data_dir)
-    reader = {"npz-xz": read_npz_xz, "python-folder": read_python_folder,
-              "python-archive": read_python_archive}[found.kind]
+    reader = {"npz-xz": read_npz_xz, "python-folder": read_python_folder, "python-archive": read_python_archive}[
+        found.kind
+    ]
     data = reader(found.path, verify=verify, with_train=with_train)
     check_arrays(data)
     return data
@@ -207,10 +210,13 @@ def check_images(x: object, y: object, where: str, *, exact: object = None, empt
         raise ArchbenchError(f"{where}: holds no images; {_NOT_CIFAR}")
     if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
         raise ArchbenchError(f"{where}: labels range over {y.min()}..{y.max()}, CIFAR-10's are 0..9; {_NOT_CIFAR}")
-    if exact is not None and not (isinstance(exact, np.ndarray) and exact.dtype == np.bool_
-                                  and exact.shape == (len(x),)):
-        raise ArchbenchError(f"{where}: the 'lossless' array has {_describe(exact)}, expected ({len(x)},) bool "
-                             f"like the labels; {_NOT_CIFAR}")
+    if exact is not None and not (
+        isinstance(exact, np.ndarray) and exact.dtype == np.bool_ and exact.shape == (len(x),)
+    ):
+        raise ArchbenchError(
+            f"{where}: the 'lossless' array has {_describe(exact)}, expected ({len(x)},) bool "
+            f"like the labels; {_NOT_CIFAR}"
+        )
 
 
 def check_arrays(d: Cifar10) -> None:
@@ -252,10 +258,12 @@ def _checksum_error(name: str, algo: str, got: str, want: str) -> ArchbenchError
     return ArchbenchError(
         f"{name}: {algo} checksum {got} does not match the expected {want}; the file is "
         f"damaged or not the official one — download it again (or pass --no-verify-data "
-        f"to use it anyway)")
+        f"to use it anyway)"
+    )
 
 
 # ---------------------------------------------------------------- reading files
+
 
 def _require_file(path: Path, fix: str) -> None:
     """Refuse anything but a regular file (after links) before it is opened: a folder cannot
@@ -290,8 +298,9 @@ def _decoding(where: str | Path, what: str, fix: str) -> Iterator[None]:
     except ArchbenchError:
         raise
     except MemoryError:  # genuinely too little memory, or a damaged size field: either way, say so
-        raise ArchbenchError(f"{where}: not enough memory to read it; free memory and try again "
-                             f"(if the file is damaged: {fix})") from None
+        raise ArchbenchError(
+            f"{where}: not enough memory to read it; free memory and try again (if the file is damaged: {fix})"
+        ) from None
     except Exception as e:
         raise ArchbenchError(f"{where}: not a readable {what} ({type(e).__name__}: {_one_line(e)}); {fix}") from e
 
@@ -316,8 +325,10 @@ def _read_sha256sums(folder: Path) -> dict[str, str] | None:
     path = folder / SUMS_FILE
     if not os.path.lexists(path):
         return None
-    fix = ("make it again (sha256sum *.npz.xz > SHA256SUMS), copy the dataset folder again, or pass "
-           "--no-verify-data to skip the checksums")
+    fix = (
+        "make it again (sha256sum *.npz.xz > SHA256SUMS), copy the dataset folder again, or pass "
+        "--no-verify-data to skip the checksums"
+    )
     _require_file(path, fix)
     sums: dict[str, str] = {}
     for number, line in enumerate(read_text(path, "the checksum list", fix).removeprefix("\ufeff").splitlines(), 1):
@@ -325,8 +336,9 @@ def _read_sha256sums(folder: Path) -> dict[str, str] | None:
             continue
         match = _SUMS_LINE.fullmatch(line.rstrip())
         if not match:
-            raise ArchbenchError(f"{path}: line {number} ({_one_line(repr(line), 60)}) is not "
-                                 f"'<64 hex digits>  <file name>'; {fix}")
+            raise ArchbenchError(
+                f"{path}: line {number} ({_one_line(repr(line), 60)}) is not '<64 hex digits>  <file name>'; {fix}"
+            )
         digest, name = match[1].lower(), match[2]
         if sums.setdefault(name, digest) != digest:
             raise ArchbenchError(f"{path}: lists {_one_line(name)} twice, with different checksums; {fix}")
@@ -392,12 +404,15 @@ def read_npz_xz(folder: Path, *, verify: bool = True, with_train: bool = True) -
     files = train_files + [test_file]
     unlisted = [p.name for p in files if sums is not None and p.name not in sums]
     if unlisted:
-        raise ArchbenchError(f"{folder / SUMS_FILE}: has no line for {unlisted[0]}; copy the complete dataset "
-                             f"folder again, or pass --no-verify-data to skip the checksums")
+        raise ArchbenchError(
+            f"{folder / SUMS_FILE}: has no line for {unlisted[0]}; copy the complete dataset "
+            f"folder again, or pass --no-verify-data to skip the checksums"
+        )
 
     def read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        return _read_npz_split(path, "test" if path == test_file else "train",
-                               None if sums is None else sums[path.name])
+        return _read_npz_split(
+            path, "test" if path == test_file else "train", None if sums is None else sums[path.name]
+        )
 
     # xz decompression releases the GIL: reading the files in parallel is several times faster.
     with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 1)) as pool:
@@ -407,19 +422,25 @@ def read_npz_xz(folder: Path, *, verify: bool = True, with_train: bool = True) -
         x_train, y_train = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     else:
         x_train, y_train = np.zeros((0, 32, 32, 3), np.uint8), np.zeros((0,), np.int64)
-    checked = (f"SHA-256 matched {SUMS_FILE}" if sums is not None else f"no {SUMS_FILE} to check against") \
-        if verify else "not checked (--no-verify-data)"
+    checked = (
+        (f"SHA-256 matched {SUMS_FILE}" if sums is not None else f"no {SUMS_FILE} to check against")
+        if verify
+        else "not checked (--no-verify-data)"
+    )
     return Cifar10(x_train, y_train, x_test, y_test, exact, f"numpy-xz folder {folder}", checked)
 
 
 # ---------------------------------------------------------------- official python version
 
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Admits only what a CIFAR batch pickle contains: plain containers and numpy arrays."""
 
     ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
         ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
     }
 
@@ -450,22 +471,26 @@ def _batch_arrays(entry: object, name: str) -> tuple[np.ndarray, np.ndarray]:
     such a load keep bytes keys. Other keys (batch_label, filenames) are ignored.
     """
     if not isinstance(entry, dict):
-        raise ArchbenchError(f"{name}: holds a {_type_name(entry)}, expected a dict with 'data' and 'labels'; "
-                             f"{_NOT_BATCH}")
+        raise ArchbenchError(
+            f"{name}: holds a {_type_name(entry)}, expected a dict with 'data' and 'labels'; {_NOT_BATCH}"
+        )
     fields = {}
     for key, value in entry.items():
         text = key.decode("latin1") if isinstance(key, bytes) else key
         if text in _BATCH_KEYS:
             if text in fields:
-                raise ArchbenchError(f"{name}: has both {text!r} and {text.encode()!r} (str and bytes "
-                                     f"keys), so which to use is unclear; {_NOT_BATCH}")
+                raise ArchbenchError(
+                    f"{name}: has both {text!r} and {text.encode()!r} (str and bytes "
+                    f"keys), so which to use is unclear; {_NOT_BATCH}"
+                )
             fields[text] = value
     missing = [k for k in _BATCH_KEYS if k not in fields]
     if missing:
         raise ArchbenchError(f"{name}: no {missing[0]!r} entry (has {_names(entry)}); {_NOT_BATCH}")
     data, labels = fields["data"], fields["labels"]
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
-            and data.shape[1] == 3 * 32 * 32):
+    if not (
+        isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3 * 32 * 32
+    ):
         raise ArchbenchError(f"{name}: image array has {_describe(data)}, expected (N, 3072) uint8; {_NOT_BATCH}")
     if isinstance(labels, (list, tuple)):  # what the official batches hold
         try:
@@ -492,8 +517,15 @@ def _assemble(read: Callable[[str], bytes], where: str, verify: bool, with_train
         y_train = np.concatenate([parsed[n][1] for n in TRAIN_BATCHES])
     else:
         x_train, y_train = np.zeros((0, 32, 32, 3), np.uint8), np.zeros((0,), np.int64)
-    return Cifar10(x_train, y_train, x_test, y_test, None, where,
-                   "official MD5s matched" if verify else "not checked (--no-verify-data)")
+    return Cifar10(
+        x_train,
+        y_train,
+        x_test,
+        y_test,
+        None,
+        where,
+        "official MD5s matched" if verify else "not checked (--no-verify-data)",
+    )
 
 
 def read_python_folder(folder: Path, *, verify: bool = True, with_train: bool = True) -> Cifar10:
@@ -502,8 +534,10 @@ def read_python_folder(folder: Path, *, verify: bool = True, with_train: bool = 
     def read(name: str) -> bytes:
         path = folder / name
         if not os.path.lexists(path):
-            raise ArchbenchError(f"{folder}: missing {name}; the cifar-10-batches-py folder is "
-                                 f"incomplete — unpack the official archive again")
+            raise ArchbenchError(
+                f"{folder}: missing {name}; the cifar-10-batches-py folder is "
+                f"incomplete — unpack the official archive again"
+            )
         return _read_file(path, "unpack the official archive again")
 
     return _assemble(read, f"python folder {folder}", verify, with_train)
@@ -523,14 +557,19 @@ def read_python_archive(archive: Path, *, verify: bool = True, with_train: bool 
             raw = gz.read()  # the tar itself; the compressed bytes are no longer needed
         # Members are read in memory, straight from the archive: nothing is extracted to disk.
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
-            members = {Path(m.name).name: m for m in tar.getmembers()
-                       if m.isfile() and Path(m.name).parent.name == OFFICIAL_FOLDER}
+            members = {
+                Path(m.name).name: m
+                for m in tar.getmembers()
+                if m.isfile() and Path(m.name).parent.name == OFFICIAL_FOLDER
+            }
             batches = {name: tar.extractfile(members[name]).read() for name in needed if name in members}
 
     def read(name: str) -> bytes:
         if name not in batches:
-            raise ArchbenchError(f"{archive}: no {OFFICIAL_FOLDER}/{name} inside; not the "
-                                 f"official CIFAR-10 python archive — download it again")
+            raise ArchbenchError(
+                f"{archive}: no {OFFICIAL_FOLDER}/{name} inside; not the "
+                f"official CIFAR-10 python archive — download it again"
+            )
         return batches[name]
 
     return _assemble(read, f"python archive {archive}", verify, with_train)

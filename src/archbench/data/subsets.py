@@ -20,7 +20,8 @@ def balanced_indices(labels: np.ndarray, n: int, num_classes: int, what: str = "
     if n > len(labels) or short:
         raise ArchbenchError(
             f"{what} of {n} images is not possible: the data has {len(labels)} images, "
-            f"{counts.min()} in its smallest class; choose a smaller {what}")
+            f"{counts.min()} in its smallest class; choose a smaller {what}"
+        )
     picked = [np.flatnonzero(labels == c)[: want[c]] for c in range(num_classes)]
     return np.sort(np.concatenate(picked))
 
@@ -32,8 +33,10 @@ def stratified_holdout(labels: np.ndarray, n: int, num_classes: int, seed: int) 
     want = np.full(num_classes, n // num_classes)
     want[: n % num_classes] += 1
     if n >= len(labels) or np.any(want >= counts):
-        raise ArchbenchError(f"--val-split {n} leaves no training images of some class "
-                             f"(the training set has {len(labels)} images); choose a smaller --val-split")
+        raise ArchbenchError(
+            f"--val-split {n} leaves no training images of some class "
+            f"(the training set has {len(labels)} images); choose a smaller --val-split"
+        )
     rng = np.random.default_rng([seed, 0x5EED])
     held = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[: want[c]] for c in range(num_classes)])
     mask = np.zeros(len(labels), bool)

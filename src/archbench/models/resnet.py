@@ -32,8 +32,7 @@ class BasicBlock(nn.Module):
             self.shortcut = None
         elif stride != 1 or c_in != c_out:
             # Projection shortcut (option B) only where the shapes change.
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
         else:
             self.shortcut = nn.Identity()
 
@@ -46,15 +45,21 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    def __init__(self, blocks: tuple[int, ...], widths: tuple[int, ...] = (64, 128, 256, 512),
-                 num_classes: int = 10, residual: bool = True):
+    def __init__(
+        self,
+        blocks: tuple[int, ...],
+        widths: tuple[int, ...] = (64, 128, 256, 512),
+        num_classes: int = 10,
+        residual: bool = True,
+    ):
         super().__init__()
         self.stem = nn.Sequential(conv3x3(3, widths[0]), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
         stages, c_in = [], widths[0]
         for i, (n, c_out) in enumerate(zip(blocks, widths)):
             stride = 1 if i == 0 else 2
-            layers = [BasicBlock(c_in, c_out, stride, residual)] + \
-                [BasicBlock(c_out, c_out, residual=residual) for _ in range(n - 1)]
+            layers = [BasicBlock(c_in, c_out, stride, residual)] + [
+                BasicBlock(c_out, c_out, residual=residual) for _ in range(n - 1)
+            ]
             stages.append(nn.Sequential(*layers))
             c_in = c_out
         self.layer1, self.layer2, self.layer3, self.layer4 = stages

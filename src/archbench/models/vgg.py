@@ -14,8 +14,7 @@ import torch.nn as nn
 from archbench.models.registry import register
 
 # Conv output channels; "M" is a 2x2 max-pool.
-CFG_E = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-         512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
+CFG_E = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 
 
 def make_features(cfg: tuple, batch_norm: bool) -> nn.Sequential:
@@ -42,8 +41,12 @@ class VGG(nn.Module):
         self.features[0] = nn.Conv2d(3, cfg[0], 3, padding=1)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(
-            nn.Linear(512, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(4096, 4096), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(512, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(4096, 4096),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
             nn.Linear(4096, num_classes),
         )
 

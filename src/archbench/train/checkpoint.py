@@ -51,7 +51,8 @@ def load(path: Path, map_location: str | torch.device = "cpu", mmap: bool = Fals
         detail = next(iter(str(e).splitlines()), "")[:200]
         raise ArchbenchError(
             f"checkpoint {path} is unreadable ({type(e).__name__}{': ' + detail if detail else ''}; "
-            f"{path.stat().st_size} bytes); it is truncated or damaged — {damaged_fix(path)}") from e
+            f"{path.stat().st_size} bytes); it is truncated or damaged — {damaged_fix(path)}"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ArchbenchError(f"checkpoint {path} is not an archbench checkpoint of format {FORMAT}")
     _check_layout(ckpt, path, LAYOUT[LAST] if path.name == LAST else LAYOUT[BEST])
@@ -83,8 +84,9 @@ def _check_progress(ckpt: dict[str, Any], path: Path) -> None:
     if not (ckpt["best_epoch"] <= epoch and (-1 <= ckpt["best_acc"] <= 100)):
         raise refuse(f"best epoch {ckpt['best_epoch']} with accuracy {ckpt['best_acc']} after epoch {epoch}")
     data = ckpt.get("data")
-    if data is not None and not (isinstance(data, dict) and all(isinstance(data.get(k), str)
-                                                                 for k in ("train", "test", "source"))):
+    if data is not None and not (
+        isinstance(data, dict) and all(isinstance(data.get(k), str) for k in ("train", "test", "source"))
+    ):
         raise refuse("field 'data' should be the fingerprint of the data it trained on")
 
 
@@ -109,8 +111,10 @@ _FIELD_CHECKS = {
     "config": ("a config mapping", lambda v: isinstance(v, dict)),
     "history": ("a list of epoch records", lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v)),
 }
-LAYOUT = {BEST: ("model_name", "model", "epoch", "val_acc", "config"),
-          LAST: ("model_name", "model", "optimizer", "epoch", "best_acc", "best_epoch", "rng", "config", "history")}
+LAYOUT = {
+    BEST: ("model_name", "model", "epoch", "val_acc", "config"),
+    LAST: ("model_name", "model", "optimizer", "epoch", "best_acc", "best_epoch", "rng", "config", "history"),
+}
 
 
 def _check_layout(ckpt: dict[str, Any], path: Path, fields: tuple[str, ...]) -> None:
@@ -118,8 +122,10 @@ def _check_layout(ckpt: dict[str, Any], path: Path, fields: tuple[str, ...]) -> 
         what, ok = _FIELD_CHECKS[name]
         if name not in ckpt or not ok(ckpt[name]):
             found = "missing" if name not in ckpt else f"a {type(ckpt[name]).__name__}"
-            raise ArchbenchError(f"checkpoint {path}: field {name!r} should be {what} but is {found}; the file is "
-                                 f"damaged or not archbench's — {damaged_fix(path)}")
+            raise ArchbenchError(
+                f"checkpoint {path}: field {name!r} should be {what} but is {found}; the file is "
+                f"damaged or not archbench's — {damaged_fix(path)}"
+            )
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, model_name: str) -> None:
@@ -129,8 +135,11 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path, m
     extra = sorted(set(state) - set(own))
     shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or extra or shapes:
-        detail = (f"{len(missing)} missing, {len(extra)} unexpected, {len(shapes)} mis-shaped "
-                  f"tensors (first: {(missing + extra + shapes)[0]})")
-        raise ArchbenchError(f"checkpoint {path} does not fit model {model_name!r}: {detail}; "
-                             f"it belongs to another model or config")
+        detail = (
+            f"{len(missing)} missing, {len(extra)} unexpected, {len(shapes)} mis-shaped "
+            f"tensors (first: {(missing + extra + shapes)[0]})"
+        )
+        raise ArchbenchError(
+            f"checkpoint {path} does not fit model {model_name!r}: {detail}; it belongs to another model or config"
+        )
     model.load_state_dict(state)

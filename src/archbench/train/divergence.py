@@ -31,8 +31,11 @@ def read(run_dir: Path) -> dict | None:
     if not os.path.lexists(path):
         return None
     fields = Fields(read_json(path, "the run's divergence record", FIX), str(path), FIX)
-    record = {"epoch": fields.get("epoch", integer(1)), "step": fields.get("step", or_null(integer(1))),
-              "message": fields.get("message", STRING)}
+    record = {
+        "epoch": fields.get("epoch", integer(1)),
+        "step": fields.get("step", or_null(integer(1))),
+        "message": fields.get("message", STRING),
+    }
     cfg = run_config(fields.get("config", OBJECT), f"{path} field 'config'", FIX)
     return {**record, "config": cfg.to_dict()}
 
@@ -44,9 +47,15 @@ def refuse_retraining(run_dir: Path, cfg: Config) -> None:
         return
     diffs = protocol_mismatch(record["config"], cfg, extending=True)  # more epochs do not undo a divergence
     if diffs:
-        raise ArchbenchError(f"{run_dir} holds a diverged run with another protocol ({'; '.join(diffs)}); "
-                             f"choose another --out or delete that folder")
+        raise ArchbenchError(
+            f"{run_dir} holds a diverged run with another protocol ({'; '.join(diffs)}); "
+            f"choose another --out or delete that folder"
+        )
     where = f"epoch {record['epoch']}" + (f", step {record['step']}" if record["step"] else "")
-    raise DivergenceError(f"[{cfg.model}] {run_dir} diverged at {where} when it was trained "
-                          f"(recorded in {FILE_NAME}); it is not trained again — lower --lr and choose "
-                          f"another --out", record["epoch"], record["step"])
+    raise DivergenceError(
+        f"[{cfg.model}] {run_dir} diverged at {where} when it was trained "
+        f"(recorded in {FILE_NAME}); it is not trained again — lower --lr and choose "
+        f"another --out",
+        record["epoch"],
+        record["step"],
+    )

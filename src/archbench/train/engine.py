@@ -67,8 +67,14 @@ class Tally:
 class TrainStep:
     """One SGD step on a batch, eagerly: forward, loss, backward, optimizer step."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
-                 precision: str = "fp32", forward: Callable | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        precision: str = "fp32",
+        forward: Callable | None = None,
+    ):
         self.model, self.optimizer, self.device, self.precision = model, optimizer, device, precision
         self.forward = model if forward is None else forward  # torch.compile(model), when asked for
 
@@ -91,8 +97,14 @@ class TrainStep:
         return [p.grad for p in params]
 
 
-def train_one_epoch(model: nn.Module, batches: Batches, step: Callable, device: torch.device,
-                    tally: Tally | None = None, after_step: Callable[[int], None] | None = None) -> dict:
+def train_one_epoch(
+    model: nn.Module,
+    batches: Batches,
+    step: Callable,
+    device: torch.device,
+    tally: Tally | None = None,
+    after_step: Callable[[int], None] | None = None,
+) -> dict:
     """One pass of ``step`` over ``batches``: mean loss, accuracy (%), images, seconds.
 
     ``after_step(i)``, if given, runs after step ``i`` (0-based), e.g. to record gradients.
@@ -109,8 +121,9 @@ def train_one_epoch(model: nn.Module, batches: Batches, step: Callable, device: 
         raise ValueError("train_one_epoch got no batches")
     first_bad = int(tally.first_bad)  # the pass's one host sync
     if first_bad >= 0:
-        raise DivergenceError(f"loss became non-finite (nan or inf) at step {first_bad + 1} of the epoch",
-                              step=first_bad + 1)
+        raise DivergenceError(
+            f"loss became non-finite (nan or inf) at step {first_bad + 1} of the epoch", step=first_bad + 1
+        )
     n = tally.images
     out = {"loss": tally.loss_sum.item() / n, "acc": 100.0 * tally.correct.item() / n, "images": n}
     sync(device)
@@ -119,8 +132,14 @@ def train_one_epoch(model: nn.Module, batches: Batches, step: Callable, device: 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, device: torch.device,
-             exact: torch.Tensor | None = None, precision: str = "fp32", keep_outputs: bool = False) -> dict:
+def evaluate(
+    model: nn.Module,
+    batches: Batches,
+    device: torch.device,
+    exact: torch.Tensor | None = None,
+    precision: str = "fp32",
+    keep_outputs: bool = False,
+) -> dict:
     """Mean loss and accuracy (%) over ``batches``, in order, with one host sync at the end.
 
     ``exact`` (bool, one per image, in batch order) marks pixel-exact images; the
@@ -151,7 +170,7 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device,
         if exact is not None:
             # Masking by where/and keeps the pass on the device: indexing with a boolean
             # mask must first count the mask on the host, a sync per batch.
-            m = exact[n:n + y.shape[0]]
+            m = exact[n : n + y.shape[0]]
             loss_sum_x += torch.where(m, losses, 0.0).sum()
             correct_x += (hits & m).sum()
         if keep_outputs:
@@ -161,12 +180,19 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device,
         n += y.shape[0]
     if n == 0:
         raise ValueError("evaluate got no batches")
-    out = {"loss": loss_sum.item() / n, "acc": 100.0 * correct.item() / n, "images": n,
-           "nonfinite_logits": int(nonfinite.item())}
+    out = {
+        "loss": loss_sum.item() / n,
+        "acc": 100.0 * correct.item() / n,
+        "images": n,
+        "nonfinite_logits": int(nonfinite.item()),
+    }
     if exact is not None:
         n_x = int(exact[:n].sum())
-        out.update(loss_exact=loss_sum_x.item() / max(n_x, 1),
-                   acc_exact=100.0 * correct_x.item() / max(n_x, 1), images_exact=n_x)
+        out.update(
+            loss_exact=loss_sum_x.item() / max(n_x, 1),
+            acc_exact=100.0 * correct_x.item() / max(n_x, 1),
+            images_exact=n_x,
+        )
     if keep_outputs:
         out["outputs"] = {k: torch.cat(v) for k, v in kept.items()}
     sync(device)

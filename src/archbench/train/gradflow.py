@@ -30,8 +30,7 @@ FIX = "delete it and resume the run to rewrite it from the checkpoint"
 
 
 def tracked_layers(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    return [(f"{name}.weight", m.weight) for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return [(f"{name}.weight", m.weight) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 def current_rows(rows: list[list[float]], model: nn.Module) -> list[list[float]]:
@@ -69,8 +68,7 @@ class GradFlow:
         if not self._norms:
             return []
         norms = torch.stack(self._norms).cpu().tolist()
-        rows = [[epoch, round(epoch - 1 + (s + 1) / self.steps_per_epoch, 6), *n]
-                for s, n in zip(self._steps, norms)]
+        rows = [[epoch, round(epoch - 1 + (s + 1) / self.steps_per_epoch, 6), *n] for s, n in zip(self._steps, norms)]
         self._norms, self._steps = [], []
         return rows
 
@@ -107,10 +105,11 @@ class Flow:
 
 def _header(path: Path, head: list[str]) -> list[str]:
     """The layers named by gradflow.csv's header: epoch, t, grad:<layer>..., weight:<layer>..."""
-    layers = [c[len("grad:"):] for c in head[2:] if c.startswith("grad:")]
+    layers = [c[len("grad:") :] for c in head[2:] if c.startswith("grad:")]
     if not layers or head != ["epoch", "t", *(f"grad:{n}" for n in layers), *(f"weight:{n}" for n in layers)]:
-        raise ArchbenchError(f"{path}: unexpected columns (expected epoch, t, grad:<layer>... weight:<layer>...); "
-                             f"{FIX}")
+        raise ArchbenchError(
+            f"{path}: unexpected columns (expected epoch, t, grad:<layer>... weight:<layer>...); {FIX}"
+        )
     return layers
 
 
@@ -136,10 +135,11 @@ def read(run_dir: Path) -> Flow | None:
             raise ArchbenchError(f"{path} line {n}: rows do not match its {2 + 2 * k} columns; {FIX}")
         cells = Fields(dict(zip(rows[0], map(parse_cell, row))), f"{path} line {n}", FIX, noun="column")
         epoch, t = cells.get("epoch", integer(1)), cells.get("t", number(0))
-        cells.require(epoch - 1 < t <= epoch and t > last_t,
-                      f"t={t} is not a later point within epoch {epoch} (rows follow training; t is in "
-                      f"(epoch - 1, epoch])")
+        cells.require(
+            epoch - 1 < t <= epoch and t > last_t,
+            f"t={t} is not a later point within epoch {epoch} (rows follow training; t is in (epoch - 1, epoch])",
+        )
         values.append([t] + [cells.get(c, number(0)) for c in rows[0][2:]])
         last_t = t
     arr = np.array(values, dtype=float)
-    return Flow(layers, arr[:, 0], arr[:, 1:1 + k], arr[:, 1 + k:])
+    return Flow(layers, arr[:, 0], arr[:, 1 : 1 + k], arr[:, 1 + k :])

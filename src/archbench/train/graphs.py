@@ -91,8 +91,9 @@ class GraphedTrainStep:
             return self._capture(x, y, tally)
         except RuntimeError as e:  # e.g. an operation that syncs with the host, or a custom model's
             first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise ArchbenchError(f"capturing the training step as a CUDA graph failed ({first_line}); "
-                                 f"run without --cuda-graphs") from e
+            raise ArchbenchError(
+                f"capturing the training step as a CUDA graph failed ({first_line}); run without --cuda-graphs"
+            ) from e
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor, tally: Tally):
         model, opt = self.eager.model, self.eager.optimizer

@@ -19,8 +19,18 @@ from archbench.errors import ArchbenchError
 from archbench.io_utils import atomic_write_text, os_error, read_text
 from archbench.schema import PERCENT, Fields, integer, number, or_null, parse_cell
 
-FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_acc_exact",
-          "train_seconds", "eval_seconds", "epoch_seconds")
+FIELDS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_acc_exact",
+    "train_seconds",
+    "eval_seconds",
+    "epoch_seconds",
+)
 CSV_NAME, JSONL_NAME = "history.csv", "history.jsonl"
 
 
@@ -74,9 +84,18 @@ def sync(run_dir: Path, records: list[dict]) -> None:
 # is recorded. A non-finite validation loss does too now, but runs trained before final.json
 # existed recorded that epoch (the metrics take NaN as never reached). val_acc_exact is null when
 # every test image is pixel-exact.
-SCHEMA = {"epoch": integer(1), "lr": number(positive=True), "train_loss": number(0), "train_acc": PERCENT,
-          "val_loss": number(0, nonfinite=True), "val_acc": PERCENT, "val_acc_exact": or_null(PERCENT),
-          "train_seconds": number(0), "eval_seconds": number(0), "epoch_seconds": number(0)}
+SCHEMA = {
+    "epoch": integer(1),
+    "lr": number(positive=True),
+    "train_loss": number(0),
+    "train_acc": PERCENT,
+    "val_loss": number(0, nonfinite=True),
+    "val_acc": PERCENT,
+    "val_acc_exact": or_null(PERCENT),
+    "train_seconds": number(0),
+    "eval_seconds": number(0),
+    "epoch_seconds": number(0),
+}
 FIX = "resume the run (archbench train MODEL --resume, or compare again) to rewrite it from the checkpoint"
 
 
@@ -84,8 +103,10 @@ def _record(data: object, where: str, epoch: int, noun: str, fix: str = FIX) -> 
     """One checked record, with exactly the fields of ``SCHEMA`` (others are ignored)."""
     fields = Fields(data, where, fix, noun=noun)
     record = {k: fields.get(k, kind) for k, kind in SCHEMA.items()}
-    fields.require(record["epoch"] == epoch, f"{noun} 'epoch' is {record['epoch']}, expected {epoch} "
-                                             f"(epochs are recorded 1, 2, 3, ... once each)")
+    fields.require(
+        record["epoch"] == epoch,
+        f"{noun} 'epoch' is {record['epoch']}, expected {epoch} (epochs are recorded 1, 2, 3, ... once each)",
+    )
     return record
 
 

@@ -54,7 +54,8 @@ def _acquire(path: Path, run_dir: Path) -> int:
             os.close(fd)
             raise ArchbenchError(
                 f"{run_dir} is in use by another archbench process (pid {holder}); wait for it to "
-                f"finish or choose another --out") from None
+                f"finish or choose another --out"
+            ) from None
         except OSError as e:
             os.close(fd)
             raise os_error("lock", path, e, "the file system may not support file locks; choose another --out") from e

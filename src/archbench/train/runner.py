@@ -30,8 +30,14 @@ from archbench.train.gradflow import GradFlow
 from archbench.train.lock import run_lock
 from archbench.models import count_parameters
 from archbench.train.schedule import multistep_lr
-from archbench.train.training import (adopt_optimizer_impl, build_model, build_optimizer, build_step,
-                                 check_device_options, resolve_device)
+from archbench.train.training import (
+    adopt_optimizer_impl,
+    build_model,
+    build_optimizer,
+    build_step,
+    check_device_options,
+    resolve_device,
+)
 
 CONFIG_NAME = "config.json"
 Log = Callable[[str], None]
@@ -50,17 +56,25 @@ def take_subsets(data: Cifar10, train_subset: int | None, test_subset: int | Non
     if test_subset is not None:
         i = balanced_indices(data.y_test, test_subset, NUM_CLASSES, "--test-subset")
         exact = None if data.test_exact is None else data.test_exact[i]
-        data = replace(data, x_test=data.x_test[i], y_test=data.y_test[i], test_exact=exact,
-                       test_index=data.test_indices()[i])
+        data = replace(
+            data, x_test=data.x_test[i], y_test=data.y_test[i], test_exact=exact, test_index=data.test_indices()[i]
+        )
     return data
 
 
 def hold_out_validation(data: Cifar10, n: int, seed: int) -> Cifar10:
     """The data a run with ``--val-split n`` trains on: its "test" split is the held-out images."""
     keep, held = stratified_holdout(data.y_train, n, NUM_CLASSES, seed)
-    return replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep], x_test=data.x_train[held],
-                   y_test=data.y_train[held], test_exact=None, test_index=held,
-                   source=f"{data.source}, {n} training images held out for validation")
+    return replace(
+        data,
+        x_train=data.x_train[keep],
+        y_train=data.y_train[keep],
+        x_test=data.x_train[held],
+        y_test=data.y_train[held],
+        test_exact=None,
+        test_index=held,
+        source=f"{data.source}, {n} training images held out for validation",
+    )
 
 
 def exact_mask(data: Cifar10, device: torch.device) -> torch.Tensor | None:
@@ -91,8 +105,7 @@ def _has_run_to_continue(run_dir: Path, resume: bool) -> bool:
     if not (run_dir / checkpoint.LAST).exists():
         return False  # nothing finished yet: any partial files are rewritten by a fresh start
     if not resume:
-        raise ArchbenchError(f"{run_dir} already holds a run; pass --resume to continue it, "
-                             f"or choose another --out")
+        raise ArchbenchError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
     return True
 
 
@@ -116,22 +129,34 @@ class Run:
         path = self.run_dir / checkpoint.LAST
         ckpt = checkpoint.load(path, self.device)
         if ckpt.get("model_name") != self.cfg.model:
-            raise ArchbenchError(f"checkpoint {path} is for model {ckpt.get('model_name')!r}, not "
-                                 f"{self.cfg.model!r}; choose another --out")
+            raise ArchbenchError(
+                f"checkpoint {path} is for model {ckpt.get('model_name')!r}, not "
+                f"{self.cfg.model!r}; choose another --out"
+            )
         diffs = protocol_mismatch(ckpt.get("config", {}), self.cfg, extending=True)
         if diffs:
-            raise ArchbenchError(f"{self.run_dir} holds a run with another protocol ({'; '.join(diffs)}); "
-                                 f"choose another --out or delete that folder")
+            raise ArchbenchError(
+                f"{self.run_dir} holds a run with another protocol ({'; '.join(diffs)}); "
+                f"choose another --out or delete that folder"
+            )
         checkpoint.load_weights(model, ckpt["model"], path, self.cfg.model)
         try:
             opt.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, TypeError, IndexError) as e:  # torch's ways of saying "does not fit"
-            raise ArchbenchError(f"checkpoint {path}: its optimizer state does not fit the model ({e}); the file "
-                                 f"is damaged — {checkpoint.damaged_fix(path)}") from e
+            raise ArchbenchError(
+                f"checkpoint {path}: its optimizer state does not fit the model ({e}); the file "
+                f"is damaged — {checkpoint.damaged_fix(path)}"
+            ) from e
         adopt_optimizer_impl(opt, self.device)
         checkpoint.set_rng_state(ckpt["rng"])
-        return RunState(ckpt["epoch"], ckpt["best_acc"], ckpt["best_epoch"], list(ckpt["history"]),
-                        gradflow.current_rows(list(ckpt.get("gradflow", [])), model), ckpt.get("data"))
+        return RunState(
+            ckpt["epoch"],
+            ckpt["best_acc"],
+            ckpt["best_epoch"],
+            list(ckpt["history"]),
+            gradflow.current_rows(list(ckpt.get("gradflow", [])), model),
+            ckpt.get("data"),
+        )
 
     def check_data(self, state: RunState, data: Cifar10) -> dict[str, str]:
         """The fingerprint of ``data``, after refusing it if the run's epochs saw other images."""
@@ -146,7 +171,8 @@ class Run:
             raise ArchbenchError(
                 f"{self.run_dir} was trained on other data ({' and '.join(differ)} differ): "
                 f"{fingerprint.describe(recorded)} then, {fingerprint.describe(now)} now; pass the "
-                f"run's data with --data-dir, or choose another --out")
+                f"run's data with --data-dir, or choose another --out"
+            )
 
     def recorded_data(self) -> dict[str, str] | None:
         """The data fingerprint in the run's last.pt, read without loading its tensors (None: no run yet)."""
@@ -175,8 +201,10 @@ class Run:
         gradflow.sync(self.run_dir, gradflow.columns(model), state.gradflow)
         if state.epoch >= cfg.epochs:
             history.sync(self.run_dir, state.records)
-            self.log(f"[{cfg.model}] finished run found in {self.run_dir} "
-                     f"({state.epoch} epochs, best val {state.best_acc:.2f}%); reusing it")
+            self.log(
+                f"[{cfg.model}] finished run found in {self.run_dir} "
+                f"({state.epoch} epochs, best val {state.best_acc:.2f}%); reusing it"
+            )
             return state
         data = data_fn()  # before writing anything: bad data leaves no half-made run behind
         state.data = self.check_data(state, data)
@@ -192,9 +220,11 @@ class Run:
         grads = GradFlow(model, num_batches(pipe.train_size, cfg.batch_size), cfg.grad_norms_per_epoch)
         board = tensorboard_writer(self.run_dir, state.epoch) if cfg.tensorboard else None
         if state.epoch == 0:
-            self.log(f"[{cfg.model}] {count_parameters(model):,} parameters | {pipe.train_size} train / "
-                     f"{pipe.test_size} test images | {cfg.pipeline} pipeline, {cfg.precision} on {self.device} | "
-                     f"out {self.run_dir}")
+            self.log(
+                f"[{cfg.model}] {count_parameters(model):,} parameters | {pipe.train_size} train / "
+                f"{pipe.test_size} test images | {cfg.pipeline} pipeline, {cfg.precision} on {self.device} | "
+                f"out {self.run_dir}"
+            )
         writer = EpochWriter(self.run_dir, grads.names)
         try:
             for epoch in range(state.epoch, cfg.epochs):
@@ -232,46 +262,83 @@ class Run:
         best = None
         if record["val_acc"] > state.best_acc:
             state.best_acc, state.best_epoch = record["val_acc"], epoch
-            best = {"model_name": cfg.model, "model": snap["model"], "epoch": epoch,
-                    "val_acc": record["val_acc"], "config": cfg.to_dict()}
+            best = {
+                "model_name": cfg.model,
+                "model": snap["model"],
+                "epoch": epoch,
+                "val_acc": record["val_acc"],
+                "config": cfg.to_dict(),
+            }
         last = {
-            "model_name": cfg.model, "model": snap["model"], "optimizer": snap["optimizer"],
-            "epoch": epoch, "best_acc": state.best_acc, "best_epoch": state.best_epoch,
-            "rng": checkpoint.rng_state(), "config": cfg.to_dict(), "history": list(state.records),
-            "gradflow": list(state.gradflow), "data": state.data,
-            "schedule": {"kind": "multistep", "base_lr": cfg.lr,
-                         "milestones": list(cfg.milestones), "gamma": cfg.gamma}}
+            "model_name": cfg.model,
+            "model": snap["model"],
+            "optimizer": snap["optimizer"],
+            "epoch": epoch,
+            "best_acc": state.best_acc,
+            "best_epoch": state.best_epoch,
+            "rng": checkpoint.rng_state(),
+            "config": cfg.to_dict(),
+            "history": list(state.records),
+            "gradflow": list(state.gradflow),
+            "data": state.data,
+            "schedule": {
+                "kind": "multistep",
+                "base_lr": cfg.lr,
+                "milestones": list(cfg.milestones),
+                "gamma": cfg.gamma,
+            },
+        }
         writer.submit(EpochFiles(last, [record], best))
 
     def _diverged(self, epoch: int, what: str, step: int | None) -> DivergenceError:
         kept = f"keeps the checkpoint of epoch {epoch - 1}" if epoch > 1 else "has no checkpoint"
-        return DivergenceError(f"[{self.cfg.model}] epoch {epoch}: {what}; the run stopped and {self.run_dir} "
-                               f"{kept} — lower --lr or check the data", epoch, step)
+        return DivergenceError(
+            f"[{self.cfg.model}] epoch {epoch}: {what}; the run stopped and {self.run_dir} "
+            f"{kept} — lower --lr or check the data",
+            epoch,
+            step,
+        )
 
     def _epoch(self, model, opt, step, tally, pipe, exact, epoch: int, grads: GradFlow) -> dict:
         cfg = self.cfg
         lr = multistep_lr(epoch, cfg.lr, cfg.milestones, cfg.gamma)
         for group in opt.param_groups:
             group["lr"] = lr
-        batches = progress(pipe.train_batches(epoch), num_batches(pipe.train_size, cfg.batch_size),
-                           f"{cfg.model} {epoch + 1}/{cfg.epochs} train", cfg.quiet)
+        batches = progress(
+            pipe.train_batches(epoch),
+            num_batches(pipe.train_size, cfg.batch_size),
+            f"{cfg.model} {epoch + 1}/{cfg.epochs} train",
+            cfg.quiet,
+        )
         try:
-            tr = train_one_epoch(model, batches, step, self.device, tally,
-                                 after_step=lambda i: grads.after_step(i, step.grads_of))
+            tr = train_one_epoch(
+                model, batches, step, self.device, tally, after_step=lambda i: grads.after_step(i, step.grads_of)
+            )
         except DivergenceError as e:
             raise self._diverged(epoch + 1, str(e), e.step) from e
-        batches = progress(pipe.test_batches(), num_batches(pipe.test_size, pipe.eval_batch_size),
-                           f"{cfg.model} {epoch + 1}/{cfg.epochs} eval", cfg.quiet)
+        batches = progress(
+            pipe.test_batches(),
+            num_batches(pipe.test_size, pipe.eval_batch_size),
+            f"{cfg.model} {epoch + 1}/{cfg.epochs} eval",
+            cfg.quiet,
+        )
         ev = evaluate(model, batches, self.device, exact, cfg.precision)
         if not math.isfinite(ev["loss"]):
             raise self._diverged(epoch + 1, f"the validation loss is {ev['loss']} (non-finite)", None)
         if ev["nonfinite_logits"]:
-            raise self._diverged(epoch + 1, f"{ev['nonfinite_logits']} validation images got non-finite logits",
-                                 None)
-        return {"epoch": epoch + 1, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
-                "val_loss": ev["loss"], "val_acc": ev["acc"], "val_acc_exact": ev.get("acc_exact"),
-                "train_seconds": tr["seconds"], "eval_seconds": ev["seconds"],
-                "epoch_seconds": tr["seconds"] + ev["seconds"]}
+            raise self._diverged(epoch + 1, f"{ev['nonfinite_logits']} validation images got non-finite logits", None)
+        return {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": tr["loss"],
+            "train_acc": tr["acc"],
+            "val_loss": ev["loss"],
+            "val_acc": ev["acc"],
+            "val_acc_exact": ev.get("acc_exact"),
+            "train_seconds": tr["seconds"],
+            "eval_seconds": ev["seconds"],
+            "epoch_seconds": tr["seconds"] + ev["seconds"],
+        }
 
 
 def tensorboard_writer(run_dir: Path, epochs_done: int):
@@ -294,9 +361,11 @@ def log_scalars(writer, record: dict) -> None:
 
 
 def summary_line(model: str, r: dict, epochs: int) -> str:
-    return (f"[{model}] epoch {r['epoch']:>3}/{epochs} | lr {r['lr']:.4g} | train loss {r['train_loss']:.4f} "
-            f"acc {r['train_acc']:.2f}% | val loss {r['val_loss']:.4f} acc {r['val_acc']:.2f}% | "
-            f"{r['epoch_seconds']:.1f} s")
+    return (
+        f"[{model}] epoch {r['epoch']:>3}/{epochs} | lr {r['lr']:.4g} | train loss {r['train_loss']:.4f} "
+        f"acc {r['train_acc']:.2f}% | val loss {r['val_loss']:.4f} acc {r['val_acc']:.2f}% | "
+        f"{r['epoch_seconds']:.1f} s"
+    )
 
 
 def progress(it, total: int, desc: str, quiet: bool):

@@ -33,8 +33,10 @@ def resolve_device(name: str) -> torch.device:
 
 def check_device_options(cfg: Config, device: torch.device) -> None:
     if cfg.cuda_graphs and device.type != "cuda":
-        raise ArchbenchError(f"--cuda-graphs needs a CUDA device, but the run is on {device.type}; "
-                             f"drop --cuda-graphs or use --device cuda")
+        raise ArchbenchError(
+            f"--cuda-graphs needs a CUDA device, but the run is on {device.type}; "
+            f"drop --cuda-graphs or use --device cuda"
+        )
 
 
 def channels_last(device: torch.device) -> bool:
@@ -51,8 +53,9 @@ def build_model(cfg: Config, device: torch.device) -> nn.Module:
 
 
 def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay, **optimizer_impl(device))
+    return torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **optimizer_impl(device)
+    )
 
 
 def optimizer_impl(device: torch.device) -> dict:
