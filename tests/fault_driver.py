@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-import archbench.train.history as history
 import archbench.io_utils as io_utils
+import archbench.train.history as history
 from archbench.cli import main
 
 seen = Counter()

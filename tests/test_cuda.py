@@ -100,13 +100,16 @@ def test_bf16_default_trains_with_fp32_master_weights():
 
 
 def test_a_step_that_cannot_be_captured_is_one_clear_error():
-    from archbench.train.engine import TrainStep
     from archbench.errors import ArchbenchError
+    from archbench.train.engine import TrainStep
     from archbench.train.graphs import GraphedTrainStep
 
     model = torch.nn.Linear(4, 2).to(CUDA)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    syncing = lambda x: model(x) * float(x.sum())  # reads a value back to the host: not capturable
+
+    def syncing(x):
+        return model(x) * float(x.sum())  # reads a value back to the host: not capturable
+
     step = GraphedTrainStep(TrainStep(model, opt, CUDA, "fp32", syncing))
     with pytest.raises(
         ArchbenchError, match="capturing the training step as a CUDA graph failed .*run without --cuda-graphs"

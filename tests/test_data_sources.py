@@ -12,7 +12,6 @@ from archbench.data import sources
 from archbench.data.sources import load_cifar10, read_npz_xz, read_python_archive, read_python_folder
 from archbench.data.subsets import balanced_indices
 from archbench.errors import ArchbenchError
-
 from conftest import REAL_DIR, SAMPLE_DIR, make_official, needs_real, needs_sample
 
 

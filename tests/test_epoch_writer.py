@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import archbench.train.epoch_writer as ew
+from archbench.errors import ArchbenchError
 from archbench.train import checkpoint, history
 from archbench.train.epoch_writer import EpochFiles, EpochWriter, host_copy
-from archbench.errors import ArchbenchError
 
 CPU = torch.device("cpu")
 

@@ -21,7 +21,6 @@ from archbench.train.engine import Tally, TrainStep, train_one_epoch
 from archbench.train.gradflow import GradFlow
 from archbench.train.graphs import CudaGraphs, GraphedTrainStep
 from archbench.train.training import build_model, build_optimizer
-
 from conftest import synthetic
 
 CPU = torch.device("cpu")

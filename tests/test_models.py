@@ -79,7 +79,10 @@ def test_plain_nets_are_their_resnets_without_any_shortcut(plain, res):
             torch.nn.init.zeros_(b.bn2.bias)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        feats = lambda m: m.layer4(m.layer3(m.layer2(m.layer1(m.stem(x)))))
+
+        def feats(m):
+            return m.layer4(m.layer3(m.layer2(m.layer1(m.stem(x)))))
+
         assert feats(p.eval()).abs().max() == 0
         assert feats(r.eval()).abs().max() > 0
 

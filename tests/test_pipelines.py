@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from archbench.data.pipelines import MEAN, STD, FastPipeline, ReferencePipeline, build_pipeline, epoch_seed
-
 from conftest import synthetic
 
 N_IMAGES, BATCH = 40, 16  # 40 = 2 full batches + a partial one of 8

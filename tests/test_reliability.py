@@ -22,9 +22,7 @@ import torch
 
 from archbench.train import checkpoint, history
 from archbench.train.lock import run_lock
-
 from conftest import REPO, SAMPLE_DIR, make_official, needs_sample, synthetic
-
 
 DRIVER = Path(__file__).with_name("fault_driver.py")
 EPOCHS = 4  # 40 images / batch 16 = 3 steps per epoch

@@ -12,11 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from archbench.analysis.compare import read_final
 from archbench.config import Config
 from archbench.data.sources import Cifar10
 from archbench.train.runner import Run, hold_out_validation
-
-from archbench.analysis.compare import read_final
 from browser import CHROMIUM, inspect_page
 from conftest import REPO, SAMPLE_DIR, synthetic
 from test_cli import archbench

@@ -8,8 +8,8 @@ import torch
 
 from archbench.config import Config, resolve
 from archbench.data.pipelines import build_pipeline
-from archbench.train.engine import Tally, TrainStep, train_one_epoch
 from archbench.errors import ArchbenchError
+from archbench.train.engine import Tally, TrainStep, train_one_epoch
 from archbench.train.graphs import _ensure_momentum_buffers
 from archbench.train.training import (
     adopt_optimizer_impl,
@@ -18,7 +18,6 @@ from archbench.train.training import (
     build_step,
     check_device_options,
 )
-
 from conftest import synthetic
 
 CPU = torch.device("cpu")

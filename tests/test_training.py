@@ -8,12 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from archbench.train import checkpoint, history
 from archbench.config import Config
-from archbench.train.engine import TrainStep, evaluate, train_one_epoch
 from archbench.errors import ArchbenchError, DivergenceError
+from archbench.train import checkpoint, history
+from archbench.train.engine import TrainStep, evaluate, train_one_epoch
 from archbench.train.runner import Run
-
 from conftest import synthetic
 
 TIMING = ("train_seconds", "eval_seconds", "epoch_seconds")

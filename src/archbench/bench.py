@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from archbench.config import Config, resolve
 from archbench.data.pipelines import build_pipeline
 from archbench.data.sources import Cifar10
-from archbench.train.engine import Tally, evaluate, train_one_epoch
 from archbench.io_utils import atomic_write_text
+from archbench.train.engine import Tally, evaluate, train_one_epoch
 from archbench.train.training import build_model, build_optimizer, build_step, check_device_options, resolve_device
 
 # Dense spec-sheet peaks in TFLOP/s: bf16 tensor cores, and TF32 (cuDNN runs fp32 convs as TF32).

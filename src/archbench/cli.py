@@ -14,9 +14,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 from archbench import __version__
 from archbench.config import Config, from_mapping, load_file
@@ -339,7 +339,10 @@ def cmd_eval(args) -> int:
     device = resolve_device(args.device)
     results = [evaluate_run(d, data, device, write=False) for d in args.run_dirs]
     groups = list(by_model([r for r in results if r.final is not None]).items())
-    mean = lambda rs: sum(r.final.acc for r in rs) / len(rs)
+
+    def mean(rs):
+        return sum(r.final.acc for r in rs) / len(rs)
+
     deltas = [
         f"Δ final accuracy ({groups[0][0]} − {b}) = {mean(groups[0][1]) - mean(rb):+.2f} pp (difference of "
         f"means; archbench compare adds intervals and tests)"

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from archbench import io_utils
 from archbench.errors import ArchbenchError
@@ -60,7 +61,7 @@ class Config:
         d["milestones"] = list(self.milestones)
         return d
 
-    def replace(self, **changes: Any) -> "Config":
+    def replace(self, **changes: Any) -> Config:
         return validate(dataclasses.replace(self, **changes))
 
 

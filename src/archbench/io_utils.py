@@ -16,8 +16,9 @@ import errno
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from archbench.errors import ArchbenchError
 

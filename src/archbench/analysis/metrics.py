@@ -14,7 +14,8 @@ because a diverged run stops early and its records do not say how long it was me
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy.signal import savgol_filter

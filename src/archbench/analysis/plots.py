@@ -132,7 +132,7 @@ def plot_per_seed(values: dict[str, list[tuple[int, float]]], path: Path, ylabel
     """One dot per seed and model (labelled with its seed), the model's mean as a bar."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(values), 4))
-    for i, ((model, pts), color) in enumerate(zip(values.items(), _colors(len(values)))):
+    for i, ((_model, pts), color) in enumerate(zip(values.items(), _colors(len(values)))):
         ys = [v for _, v in pts]
         xs = i + np.linspace(-0.12, 0.12, len(ys)) if len(ys) > 1 else [i]
         ax.scatter(xs, ys, color=color, zorder=3)

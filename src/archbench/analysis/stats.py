@@ -3,7 +3,8 @@
 Owns the numbers behind every comparison of model A with model B:
   - `summary`: mean ± sample std of one model's runs;
   - `Estimate`: a difference A − B with its 95% interval and two-sided p-value, from
-    `paired_t` (runs paired by seed) or `two_level_bootstrap` (per-image correctness: seeds and test images both resampled);
+    `paired_t` (runs paired by seed) or `two_level_bootstrap` (per-image correctness: seeds and
+    test images both resampled);
   - `mcnemar` / `mcnemar_combined`: exact tests on the images exactly one model gets right;
   - the paired effect size `cohens_dz`, `min_detectable_effect` for a paired design,
     and `holm` for a family of p-values.
@@ -15,8 +16,8 @@ zero-width interval.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy import optimize, stats

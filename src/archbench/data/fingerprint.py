@@ -7,7 +7,7 @@ the very images it started with — whichever folder or format they are read fro
 from __future__ import annotations
 
 import hashlib
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

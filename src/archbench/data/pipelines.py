@@ -17,7 +17,8 @@ keep), so a resumed run replays them exactly.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Protocol
+from collections.abc import Iterator
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -59,7 +60,10 @@ class FastPipeline:
     def __init__(self, data: Cifar10, batch_size: int, seed: int, device: torch.device):
         self.batch_size, self.seed, self.device = batch_size, seed, torch.device(device)
         self.eval_batch_size = max(batch_size, FAST_EVAL_BATCH)
-        to_nchw = lambda x: torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).contiguous()
+
+        def to_nchw(x):
+            return torch.from_numpy(x).to(self.device).permute(0, 3, 1, 2).contiguous()
+
         # Padded once: every crop is then a 32x32 window of this 40x40 image.
         self.x_train_padded = F.pad(to_nchw(data.x_train), (PAD,) * 4)
         self.y_train = torch.from_numpy(data.y_train).to(self.device)
@@ -136,14 +140,17 @@ class ReferencePipeline:
         normalize = [T.ToTensor(), T.Normalize(MEAN, STD)]
         train_tf = T.Compose([T.RandomCrop(SIZE, padding=PAD), T.RandomHorizontalFlip(), *normalize])
         self._generator = torch.Generator()
-        loader = lambda ds, shuffle: torch.utils.data.DataLoader(
-            ds,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            generator=self._generator if shuffle else None,
-            pin_memory=self.device.type == "cuda",
-        )
+
+        def loader(ds, shuffle):
+            return torch.utils.data.DataLoader(
+                ds,
+                batch_size=batch_size,
+                shuffle=shuffle,
+                num_workers=workers,
+                generator=self._generator if shuffle else None,
+                pin_memory=self.device.type == "cuda",
+            )
+
         self.train_loader = loader(_ArrayImages(data.x_train, data.y_train, train_tf), True)
         self.test_loader = loader(_ArrayImages(data.x_test, data.y_test, T.Compose(normalize)), False)
         self.train_size, self.test_size = len(data.y_train), len(data.y_test)

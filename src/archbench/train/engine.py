@@ -11,8 +11,8 @@ and ``archbench.train.graphs.GraphedTrainStep`` replays it from captured CUDA gr
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn

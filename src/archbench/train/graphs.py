@@ -15,13 +15,13 @@ batch of an epoch is replayed too.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 
-from archbench.train.engine import Tally, TrainStep, autocast
 from archbench.errors import ArchbenchError
+from archbench.train.engine import Tally, TrainStep, autocast
 
 WARMUP_STEPS = 2  # forward/backward passes on a side stream before capture (cuDNN/cuBLAS set-up)
 

@@ -12,8 +12,8 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from archbench.errors import ArchbenchError
 from archbench.io_utils import atomic_write_text, os_error, read_text

@@ -10,9 +10,9 @@ the holder's pid only to make the refusal message useful.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from archbench.errors import ArchbenchError
 from archbench.io_utils import os_error

@@ -9,26 +9,26 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from archbench.train import checkpoint, divergence, gradflow, history
 from archbench.config import Config, protocol_mismatch, resolve, write_json
 from archbench.data import fingerprint
 from archbench.data.pipelines import build_pipeline, num_batches
 from archbench.data.sources import NUM_CLASSES, Cifar10, load_cifar10
 from archbench.data.subsets import balanced_indices, stratified_holdout
-from archbench.train.engine import Tally, evaluate, train_one_epoch
-from archbench.train.epoch_writer import EpochFiles, EpochWriter, host_copy
 from archbench.errors import ArchbenchError, DivergenceError
 from archbench.io_utils import make_dirs, remove_empty_dirs
+from archbench.models import count_parameters
+from archbench.train import checkpoint, divergence, gradflow, history
+from archbench.train.engine import Tally, evaluate, train_one_epoch
+from archbench.train.epoch_writer import EpochFiles, EpochWriter, host_copy
 from archbench.train.gradflow import GradFlow
 from archbench.train.lock import run_lock
-from archbench.models import count_parameters
 from archbench.train.schedule import multistep_lr
 from archbench.train.training import (
     adopt_optimizer_impl,

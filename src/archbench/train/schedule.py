@@ -7,7 +7,7 @@ epochs 1-50 (1-based) train at base_lr, 51-75 at base_lr*gamma, 76-100 at base_l
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def multistep_lr(epoch: int, base_lr: float, milestones: Sequence[int], gamma: float) -> float:
