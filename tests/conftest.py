@@ -25,6 +25,18 @@ needs_real = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_network_and_a_private_cache(tmp_path_factory):
+    """No test reaches the network or the user's own cache: downloads are off unless a test
+    turns them on against its own 127.0.0.1 server, and the cache is a fresh folder.
+    Set in the environment, so the CLI run in a subprocess inherits it."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ARCHBENCH_OFFLINE", "1")
+        mp.setenv("ARCHBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+        mp.delenv("ARCHBENCH_CIFAR10_URL", raising=False)
+        yield
+
+
 def synthetic(n_train: int = 60, n_test: int = 20, seed: int = 0, exact_every: int | None = None) -> Cifar10:
     """Random images with balanced labels; optionally every k-th test image marked not exact."""
     rng = np.random.default_rng(seed)

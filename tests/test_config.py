@@ -60,6 +60,7 @@ INVALID = [
     ("device", "tpu"),
     ("data_dir", ""),
     ("download", "yes"),
+    ("offline", "sometimes"),
     ("verify_data", 1),
     ("out", ""),
     ("quiet", "no"),

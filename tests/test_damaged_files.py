@@ -166,6 +166,7 @@ CONFIG_FILE = {
     "min_effect": 0.5,
     "data_dir": "nodata",
     "download": False,
+    "offline": True,
     "verify_data": False,
     "out": "runs",
     "quiet": True,

@@ -115,7 +115,7 @@ def test_labels_out_of_range_are_rejected(tmp_path):
         load_cifar10(str(folder), verify=False)
 
 
-def test_search_order_data_dir_then_env_then_local_then_shared(tmp_path, monkeypatch):
+def test_search_order_data_dir_then_env_then_local_then_shared_then_cache(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ARCHBENCH_DATA", raising=False)
     a, _ = make_official(tmp_path / "A")
@@ -133,6 +133,11 @@ def test_search_order_data_dir_then_env_then_local_then_shared(tmp_path, monkeyp
     work.mkdir()
     monkeypatch.chdir(work)  # ../shared/data/cifar10 is relative to where archbench runs
     assert sources.locate(None).path.resolve() == shared.resolve()
+    cached, _ = make_official(tmp_path / "cache" / "cifar10", archive=True)  # where a download lands
+    monkeypatch.setenv("ARCHBENCH_CACHE", str(tmp_path / "cache"))
+    assert sources.locate(None).path.resolve() == shared.resolve()  # the project's mirror comes first
+    shutil.rmtree(tmp_path / "shared")
+    assert sources.locate(None) == sources.Found("python-archive", cached)
 
 
 def test_nothing_found_lists_places_and_ways(tmp_path, monkeypatch):
@@ -146,30 +151,6 @@ def test_nothing_found_lists_places_and_ways(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHBENCH_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(ArchbenchError, match="ARCHBENCH_DATA = .*nowhere"):
         load_cifar10(None)
-
-
-def test_download_uses_torchvision_downloader_with_official_url_and_md5(tmp_path, monkeypatch):
-    import torchvision.datasets.utils as tvu
-
-    calls = []
-
-    def fake_download(url, download_root, filename, md5):
-        calls.append((url, filename, md5))
-        make_official(Path(download_root))
-
-    monkeypatch.setattr(tvu, "download_and_extract_archive", fake_download)
-    d = load_cifar10(str(tmp_path / "dl"), download_missing=True, verify=False)
-    assert calls == [(sources.OFFICIAL_URL, "cifar-10-python.tar.gz", sources.OFFICIAL_ARCHIVE_MD5)]
-    assert d.x_train.shape == (100, 32, 32, 3)
-    load_cifar10(str(tmp_path / "dl"), download_missing=True, verify=False)
-    assert len(calls) == 1  # already there: no second download
-
-    def offline(*a, **k):
-        raise OSError("network unreachable")
-
-    monkeypatch.setattr(tvu, "download_and_extract_archive", offline)
-    with pytest.raises(ArchbenchError, match="downloading CIFAR-10 .* failed .*network unreachable"):
-        load_cifar10(str(tmp_path / "dl2"), download_missing=True)
 
 
 def test_balanced_subsets_are_deterministic_and_balanced():

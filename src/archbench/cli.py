@@ -18,12 +18,24 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from archbench import __version__
 from archbench.config import Config, from_mapping, load_file
 from archbench.errors import ArchbenchError
 from archbench.io_utils import check_writable, os_error
 
 DEFAULT_COMPARE = ("resnet18", "vgg19_bn")
+
+
+class _Version(argparse.Action):
+    """``--version``, with the git commit looked up only when asked for."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from archbench.analysis.environment import version_line
+
+        print(version_line())
+        parser.exit(0)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,7 +87,14 @@ def _training_flags() -> argparse.ArgumentParser:
         help="record per-layer gradient norms K times per epoch (default 4; 0: off)",
     )
     r.add_argument("--data-dir", help="CIFAR-10 location (else $ARCHBENCH_DATA, ./data, ../shared/data/cifar10)")
-    r.add_argument("--download", action="store_true", help="download CIFAR-10 if it is not found")
+    r.add_argument(
+        "--download", action="store_true", help="with --data-dir: download CIFAR-10 there if it is not found"
+    )
+    r.add_argument(
+        "--offline",
+        action="store_true",
+        help="never use the network (also ARCHBENCH_OFFLINE=1); by default a missing CIFAR-10 is downloaded",
+    )
     r.add_argument("--no-verify-data", dest="verify_data", action="store_false", help="skip the data checksum check")
     r.add_argument("--out", help="output folder (default runs)")
     r.add_argument("--resume", action="store_true", help="continue the run found in the output folder")
@@ -85,7 +104,7 @@ def _training_flags() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="archbench", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"archbench {__version__}")
+    parser.add_argument("--version", action=_Version, help="show the version (and git commit) and exit")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     flags = _training_flags()
@@ -131,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     p.add_argument("--test-subset", type=int, help="default: the subset the runs were trained with")
     p.add_argument("--no-verify-data", dest="verify_data", action="store_false")
+    p.add_argument("--offline", action="store_true", help="never download CIFAR-10 (also ARCHBENCH_OFFLINE=1)")
     p.add_argument("--out", type=Path, help="also write comparison.csv/.md here")
+    p = sub.add_parser("env", help="versions, devices, where CIFAR-10 is and the cache: paste into a bug report")
+    p.add_argument("--data-dir", help="report on this CIFAR-10 location instead of the search order")
+    p.add_argument("--download", action="store_true", help="as train's --download")
+    p.add_argument("--offline", action="store_true", help="as train's --offline")
     p = sub.add_parser("plot", help="redraw the plots of runs from their history files")
     p.add_argument("paths", nargs="+", type=Path, help="run folders, or folders holding run folders")
     p.add_argument("--out", type=Path, help="folder for the overlay plots (default: the runs' parent)")
@@ -335,7 +359,9 @@ def cmd_eval(args) -> int:
                 f"pass --test-subset N to evaluate them on the same images"
             )
         subset = subsets.pop()
-    data = take_subsets(load_cifar10(args.data_dir, verify=args.verify_data, with_train=False), None, subset)
+    data = take_subsets(
+        load_cifar10(args.data_dir, offline=args.offline, verify=args.verify_data, with_train=False), None, subset
+    )
     device = resolve_device(args.device)
     results = [evaluate_run(d, data, device, write=False) for d in args.run_dirs]
     groups = list(by_model([r for r in results if r.final is not None]).items())
@@ -391,6 +417,14 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_env(args) -> int:
+    from archbench.analysis.environment import machine_report
+
+    for line in machine_report(args.data_dir, args.download, args.offline):
+        log(line)
+    return 0
+
+
 COMMANDS = {
     "models": cmd_models,
     "train": cmd_train,
@@ -399,6 +433,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "eval": cmd_eval,
     "plot": cmd_plot,
+    "env": cmd_env,
 }
 
 

@@ -51,7 +51,8 @@ class Config:
     grad_norms_per_epoch: int = 4  # times per epoch the per-layer gradient norms are recorded (0: off)
     min_effect: float = 0.3  # smallest final-accuracy difference of interest to verdicts, percentage points
     data_dir: str | None = None
-    download: bool = False
+    download: bool = False  # with data_dir: download CIFAR-10 there when it is missing
+    offline: bool = False  # never download (also ARCHBENCH_OFFLINE=1); else a missing CIFAR-10 is fetched
     verify_data: bool = True
     out: str = "runs"
     quiet: bool = False
@@ -139,7 +140,7 @@ def validate(cfg: Config) -> Config:
         cfg.data_dir,
     )
     _require(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
-    for name in ("download", "verify_data", "quiet", "compile", "cuda_graphs", "tensorboard"):
+    for name in ("download", "offline", "verify_data", "quiet", "compile", "cuda_graphs", "tensorboard"):
         _require(isinstance(getattr(cfg, name), bool), name, "true or false", getattr(cfg, name))
     return cfg
 

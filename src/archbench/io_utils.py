@@ -128,6 +128,11 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+def atomic_write_with(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` atomically with ``write(f)``; an exception from ``write`` leaves no trace."""
+    _atomic_write(path, write)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     _atomic_write(path, lambda f: f.write(data))
 

@@ -4,7 +4,7 @@ Supported forms, all returning the same uint8 HWC arrays in the official order:
 - the compressed numpy folder (``train-0..4.npz.xz``, ``test.npz.xz``, optional ``SHA256SUMS``);
 - the official "CIFAR-10 python version": the ``cifar-10-batches-py`` folder or
   ``cifar-10-python.tar.gz`` (checked against the official MD5s);
-- a download of the official archive (``--download``), via torchvision's downloader.
+- nothing yet: the official archive is then downloaded into the per-user cache (``fetch``).
 
 The official batches are pickles; they are read with an unpickler that only admits the
 few numpy types the format uses, so loading a file never runs code from it.
@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from archbench.data import fetch
 from archbench.errors import ArchbenchError
 from archbench.io_utils import os_error, read_text
 
@@ -62,10 +63,10 @@ SHARED_DEFAULT = Path("..") / "shared" / "data" / "cifar10"
 ENV_VAR = "ARCHBENCH_DATA"
 
 HOW_TO_PROVIDE = (
-    "provide CIFAR-10 in one of three ways: pass --data-dir DIR (or set ARCHBENCH_DATA=DIR) "
+    "provide CIFAR-10 in one of these ways: pass --data-dir DIR (or set ARCHBENCH_DATA=DIR) "
     "pointing at a cifar-10-batches-py folder, a cifar-10-python.tar.gz or a folder of "
-    "*.npz.xz files; put one of those under ./data; or add --download to fetch the official "
-    "archive into ./data (or --data-dir)"
+    "*.npz.xz files; put one of those under ./data; or let archbench download the official "
+    "archive (leave out --offline and unset ARCHBENCH_OFFLINE; with --data-dir, add --download)"
 )
 
 
@@ -122,45 +123,53 @@ def candidate_dirs(data_dir: str | None) -> tuple[list[tuple[str, Path]], bool]:
     """Places to look, in order, and whether the first one was named by the user.
 
     A place the user named (--data-dir, or ARCHBENCH_DATA) is authoritative: if it holds
-    no data, that is an error rather than a silent fall-back to another copy.
+    no data, that is an error rather than a silent fall-back to another copy. Otherwise the
+    last place is the per-user cache a download goes to.
     """
     if data_dir:
         return [("--data-dir", Path(data_dir))], True
     env = os.environ.get(ENV_VAR)
     if env:
         return [(ENV_VAR, Path(env))], True
-    return [("./data", Path("data")), ("../shared/data/cifar10", SHARED_DEFAULT)], False
+    return [
+        ("./data", Path("data")),
+        ("../shared/data/cifar10", SHARED_DEFAULT),
+        ("the cache", fetch.data_cache_dir()),
+    ], False
+
+
+def find(data_dir: str | None) -> Found | None:
+    """The first place in the search order that holds CIFAR-10, if any."""
+    places, _ = candidate_dirs(data_dir)
+    return next((found for _, path in places if (found := detect(path))), None)
+
+
+def not_found(data_dir: str | None, offline: bool) -> ArchbenchError:
+    places, named = candidate_dirs(data_dir)
+    tried = "; ".join(f"{label} = {path.resolve()}" for label, path in places)
+    why = " and downloading is off (--offline or ARCHBENCH_OFFLINE)" if offline and not named else ""
+    return ArchbenchError(f"CIFAR-10 not found (tried {tried}){why}; {HOW_TO_PROVIDE}")
 
 
 def locate(data_dir: str | None) -> Found:
-    places, _ = candidate_dirs(data_dir)
-    for _, path in places:
-        found = detect(path)
-        if found:
-            return found
-    tried = "; ".join(f"{label} = {path.resolve()}" for label, path in places)
-    raise ArchbenchError(f"CIFAR-10 not found (tried {tried}); {HOW_TO_PROVIDE}")
+    found = find(data_dir)
+    if found is None:
+        raise not_found(data_dir, offline=False)
+    return found
 
 
-def download_dir(data_dir: str | None) -> Path:
+def download_target(data_dir: str | None, download_missing: bool) -> Path | None:
+    """Where a missing CIFAR-10 would be downloaded to: a named place only with --download,
+    else the per-user cache."""
     places, named = candidate_dirs(data_dir)
-    return places[0][1] if named else Path("data")
+    if named:
+        return places[0][1] if download_missing else None
+    return places[-1][1]
 
 
-def download(root: Path, downloader: Callable[..., None] | None = None) -> Found:
-    """Fetch and unpack the official archive into ``root`` (no-op if already there)."""
-    found = detect(root)
-    if found:
-        return found
-    if downloader is None:
-        from torchvision.datasets.utils import download_and_extract_archive as downloader
-    try:
-        downloader(OFFICIAL_URL, download_root=str(root), filename=OFFICIAL_ARCHIVE, md5=OFFICIAL_ARCHIVE_MD5)
-    except Exception as e:  # network errors come in many types; report them in one line
-        raise ArchbenchError(
-            f"downloading CIFAR-10 from {OFFICIAL_URL} into {root} failed ({e}); check the "
-            f"network, or download it by hand and pass --data-dir"
-        ) from e
+def download(root: Path, *, quiet: bool = False) -> Found:
+    """Fetch the official archive into ``root`` (kept as the .tar.gz; read in place)."""
+    fetch.fetch(fetch.archive_url(OFFICIAL_URL), Path(root) / OFFICIAL_ARCHIVE, OFFICIAL_ARCHIVE_MD5, quiet=quiet)
     found = detect(root)
     if not found:
         raise ArchbenchError(f"download into {root} finished but no CIFAR-10 was found there")
@@ -168,16 +177,23 @@ def download(root: Path, downloader: Callable[..., None] | None = None) -> Found
 
 
 def load_cifar10(
-    data_dir: str | None = None, *, download_missing: bool = False, verify: bool = True, with_train: bool = True
+    data_dir: str | None = None,
+    *,
+    download_missing: bool = False,
+    offline: bool = False,
+    verify: bool = True,
+    with_train: bool = True,
+    quiet: bool = False,
 ) -> Cifar10:
-    """Find CIFAR-10 (see ``candidate_dirs``), optionally download it, check and load it."""
-    if download_missing:
-        try:
-            found = locate(data_dir)
-        except ArchbenchError:
-            found = download(download_dir(data_dir))
-    else:
-        found = locate(data_dir)
+    """Find CIFAR-10 (see ``candidate_dirs``), download it if it is nowhere and the network
+    is allowed (``offline``, or ``ARCHBENCH_OFFLINE``, forbids it), check and load it."""
+    found = find(data_dir)
+    if found is None:
+        offline = offline or fetch.offline_from_env()
+        target = download_target(data_dir, download_missing)
+        if target is None or offline:
+            raise not_found(data_dir, offline)
+        found = download(target, quiet=quiet)
     reader = {"npz-xz": read_npz_xz, "python-folder": read_python_folder, "python-archive": read_python_archive}[
         found.kind
     ]

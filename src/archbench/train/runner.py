@@ -45,7 +45,9 @@ Log = Callable[[str], None]
 
 def load_data(cfg: Config) -> Cifar10:
     """CIFAR-10 as the config asks for it: located, verified, and cut to the subsets."""
-    data = load_cifar10(cfg.data_dir, download_missing=cfg.download, verify=cfg.verify_data)
+    data = load_cifar10(
+        cfg.data_dir, download_missing=cfg.download, offline=cfg.offline, verify=cfg.verify_data, quiet=cfg.quiet
+    )
     return take_subsets(data, cfg.train_subset, cfg.test_subset)
 
 

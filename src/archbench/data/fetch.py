@@ -1,0 +1,193 @@
+"""Fetching the official CIFAR-10 archive into a per-user cache, once.
+
+The archive is streamed into a temp file in the cache folder while its MD5 is computed,
+and renamed into place only when the MD5 matches the official one: a partial, damaged or
+substituted download (a proxy's error page, a captive portal) never counts as data, and
+nothing of it is left behind. While one process downloads, the cache folder is locked
+(flock on the folder itself, so no lock file is left), and a second process waits and
+then uses the first one's archive instead of downloading it again.
+
+The cache is the platform's per-user cache folder, as the platformdirs package names it
+(``~/.cache/archbench`` on Linux, ``~/Library/Caches/archbench`` on macOS,
+``%LOCALAPPDATA%\\archbench\\Cache`` on Windows); ``ARCHBENCH_CACHE`` overrides it.
+``ARCHBENCH_OFFLINE=1`` (or ``--offline``) forbids the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from archbench.errors import ArchbenchError
+from archbench.io_utils import atomic_write_with, make_dirs, os_error, remove_empty_dirs
+
+CACHE_VAR = "ARCHBENCH_CACHE"
+OFFLINE_VAR = "ARCHBENCH_OFFLINE"
+URL_VAR = "ARCHBENCH_CIFAR10_URL"  # a mirror serving the official archive; its MD5 is still checked
+CACHE_SUBDIR = "cifar10"
+CHUNK_BYTES = 1 << 20
+# Seconds without a byte from the server before the download is given up (not a limit on its length).
+STALL_TIMEOUT_S = 60
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+def user_cache_dir() -> Path:
+    """archbench's cache folder: ``$ARCHBENCH_CACHE``, else the platform's per-user cache."""
+    named = os.environ.get(CACHE_VAR)
+    if named:
+        return Path(named).expanduser()
+    home = Path.home()
+    if sys.platform == "darwin":
+        return home / "Library" / "Caches" / "archbench"
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA")
+        return (Path(local) if local else home / "AppData" / "Local") / "archbench" / "Cache"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".cache") / "archbench"
+
+
+def data_cache_dir() -> Path:
+    """Where a downloaded CIFAR-10 lives."""
+    return user_cache_dir() / CACHE_SUBDIR
+
+
+def offline_from_env() -> bool:
+    """Whether ``ARCHBENCH_OFFLINE`` forbids the network; a value that is neither yes nor no is an error."""
+    value = os.environ.get(OFFLINE_VAR, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ArchbenchError(
+        f"{OFFLINE_VAR}={os.environ[OFFLINE_VAR]!r} is neither on nor off; set it to 1 (no network) or 0, or unset it"
+    )
+
+
+def archive_url(default: str) -> str:
+    return os.environ.get(URL_VAR) or default
+
+
+def fetch(url: str, dest: Path, md5: str, *, quiet: bool = False, log: Callable[[str], None] | None = None) -> Path:
+    """Download ``url`` to ``dest`` unless it is there already; only a file with ``md5`` lands."""
+    log = log or _stderr
+    created = make_dirs(dest.parent)
+    try:
+        with _folder_lock(dest.parent):
+            if dest.is_file():  # another process fetched it while this one waited for the lock
+                return dest
+            _remove_stale_temps(dest)
+            log(f"CIFAR-10 not found; downloading {url} into {dest.parent} (once; --offline forbids this)")
+            started = time.perf_counter()
+            response = _open(url)
+            with response:
+                size = _content_length(response)
+                atomic_write_with(dest, lambda f: _stream(response, f, url, md5, size, quiet))
+    except BaseException:
+        remove_empty_dirs(created)  # a failed download leaves the cache as it was
+        raise
+    seconds = time.perf_counter() - started
+    log(f"downloaded {dest.stat().st_size / 1e6:.1f} MB in {seconds:.1f} s; its MD5 matches the official archive's")
+    return dest
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _network_error(url: str, e: BaseException) -> ArchbenchError:
+    reason = getattr(e, "reason", None) or e
+    return ArchbenchError(
+        f"downloading CIFAR-10 from {url} failed ({type(e).__name__}: {reason}); check the network, or "
+        f"download cifar-10-python.tar.gz by hand and pass --data-dir (nothing was kept)"
+    )
+
+
+def _open(url: str):
+    try:
+        return urllib.request.urlopen(url, timeout=STALL_TIMEOUT_S)
+    except (OSError, http.client.HTTPException, ValueError) as e:  # URLError and HTTPError are OSErrors
+        raise _network_error(url, e) from e
+
+
+def _content_length(response) -> int | None:
+    try:
+        n = int(response.headers.get("Content-Length", ""))
+    except ValueError:
+        return None
+    return n if n > 0 else None
+
+
+def _stream(response, f: IO[bytes], url: str, md5: str, size: int | None, quiet: bool) -> None:
+    """Copy the response into ``f``; network failures and a wrong MD5 are errors of the download,
+    a failed write (disk full) is the cache's, reported by the atomic writer."""
+    digest = hashlib.md5()
+    done = 0
+    with _progress(size, quiet) as bar:
+        while True:
+            try:
+                chunk = response.read(CHUNK_BYTES)
+            except (OSError, http.client.HTTPException) as e:
+                raise _network_error(url, e) from e
+            if not chunk:
+                break
+            f.write(chunk)
+            digest.update(chunk)
+            done += len(chunk)
+            bar(len(chunk))
+    if size is not None and done != size:
+        raise ArchbenchError(
+            f"downloading CIFAR-10 from {url} ended after {done:,} of {size:,} bytes; the connection broke — "
+            f"run the command again (nothing was kept)"
+        )
+    if digest.hexdigest() != md5:
+        raise ArchbenchError(
+            f"the file downloaded from {url} has MD5 {digest.hexdigest()}, not the official archive's {md5}; "
+            f"it is damaged or not CIFAR-10 (a proxy or login page can answer instead) — run the command again, "
+            f"or download cifar-10-python.tar.gz by hand and pass --data-dir (nothing was kept)"
+        )
+
+
+@contextmanager
+def _progress(total: int | None, quiet: bool) -> Iterator[Callable[[int], object]]:
+    """A tqdm byte counter on a terminal; nothing otherwise (logs stay clean)."""
+    if quiet or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="CIFAR-10", leave=False) as bar:
+        yield bar.update
+
+
+@contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    import fcntl  # POSIX; archbench's supported platforms are Linux and macOS
+
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as e:
+        raise os_error("open the cache folder", folder, e, f"set {CACHE_VAR} to a writable folder") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks while another process downloads
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(dest: Path) -> None:
+    """Temp files of downloads that were killed; safe under the folder lock (no download is running)."""
+    for tmp in dest.parent.glob(f".{dest.name}.*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
