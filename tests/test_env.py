@@ -53,9 +53,8 @@ def test_env_says_where_missing_data_would_be_fetched(capsys, tmp_path, monkeypa
     assert rows["network"].startswith("off")
     monkeypatch.delenv("ARCHBENCH_OFFLINE")
     rows = env_lines(capsys)
-    assert f"downloads https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (170 MB) into {cache / 'cifar10'}" in (
-        rows["CIFAR-10"]
-    )
+    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+    assert f"downloads {url} (170 MB) into {cache / 'cifar10'}" in rows["CIFAR-10"]
     assert rows["cache"] == f"{cache} (from ARCHBENCH_CACHE): writable"
     assert not cache.exists()  # looking leaves no trace
 
