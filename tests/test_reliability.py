@@ -20,15 +20,17 @@ import numpy as np
 import pytest
 import torch
 
+import tiny_model
 from archbench.train import checkpoint, history
 from archbench.train.lock import run_lock
 from conftest import REPO, SAMPLE_DIR, make_official, needs_sample, synthetic
 
 DRIVER = Path(__file__).with_name("fault_driver.py")
 EPOCHS = 4  # 40 images / batch 16 = 3 steps per epoch
+MODEL = tiny_model.NAME  # the machinery under test does not depend on the architecture; see tiny_model.py
 ARGS = [
     "train",
-    "resnet18",
+    MODEL,
     "--epochs",
     str(EPOCHS),
     "--milestones",
@@ -47,6 +49,14 @@ ARGS = [
 ]
 TIMING = ("train_seconds", "eval_seconds", "epoch_seconds")
 UMASK = 0o022  # the usual one: files 0644, folders 0755
+
+
+@pytest.fixture(autouse=True)
+def tiny_registered(monkeypatch):
+    """In this process too (``fault_driver.py`` registers it in the CLI's subprocesses)."""
+    from archbench.models.registry import MODELS
+
+    monkeypatch.setitem(MODELS, tiny_model.NAME, tiny_model.SPEC)
 
 
 def run(out: Path, fault: str = "none", *extra: str, popen: bool = False):
@@ -81,6 +91,28 @@ def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
     p = run(out)
     assert p.returncode == 0, p.stderr
+    return out / MODEL
+
+
+RESNET18_ARGS = [ARGS[0], "resnet18", *ARGS[2:]]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_resnet18(tmp_path_factory):
+    """A real model's run, for the test whose checkpoints must be big enough to fill a disk."""
+    if not SAMPLE_DIR.is_dir():
+        pytest.skip(f"CIFAR-10 sample not found at {SAMPLE_DIR} (../shared is absent)")
+    out = tmp_path_factory.mktemp("straight18")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    p = subprocess.run(
+        [sys.executable, str(DRIVER), "none", *RESNET18_ARGS, "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        umask=UMASK,
+    )
+    assert p.returncode == 0, p.stderr
     return out / "resnet18"
 
 
@@ -100,7 +132,7 @@ def test_killed_at_chosen_moments_resumes_bit_identical(tmp_path, uninterrupted)
         assert p.returncode == -signal.SIGKILL, f"fault {fault} did not fire: {p.stdout}{p.stderr}"
     p = run(out, "none", "--resume")
     assert p.returncode == 0, p.stderr
-    assert_same_run(out / "resnet18", uninterrupted)
+    assert_same_run(out / MODEL, uninterrupted)
 
 
 @needs_sample
@@ -114,7 +146,7 @@ def test_killed_at_random_times_resumes_bit_identical(tmp_path, uninterrupted):
         proc.wait()
     p = run(out, "none", "--resume")
     assert p.returncode == 0, p.stderr
-    assert_same_run(out / "resnet18", uninterrupted)
+    assert_same_run(out / MODEL, uninterrupted)
 
 
 def _snapshot(d: Path) -> dict[str, bytes]:
@@ -124,7 +156,7 @@ def _snapshot(d: Path) -> dict[str, bytes]:
 
 @needs_sample
 def test_corrupt_checkpoint_is_refused_and_nothing_is_touched(tmp_path, uninterrupted):
-    d = tmp_path / "out" / "resnet18"
+    d = tmp_path / "out" / MODEL
     shutil.copytree(uninterrupted, d)
     raw = (d / "last.pt").read_bytes()
     (d / "last.pt").write_bytes(raw[: len(raw) // 3])
@@ -137,7 +169,7 @@ def test_corrupt_checkpoint_is_refused_and_nothing_is_touched(tmp_path, uninterr
 
 @needs_sample
 def test_checkpoint_of_another_model_or_protocol_is_refused(tmp_path, uninterrupted):
-    d = tmp_path / "out" / "resnet18"
+    d = tmp_path / "out" / MODEL
     shutil.copytree(uninterrupted, d)
     before = _snapshot(d)
     p = run(tmp_path / "out", "none", "--resume", "--seed", "3")
@@ -146,19 +178,19 @@ def test_checkpoint_of_another_model_or_protocol_is_refused(tmp_path, uninterrup
     ck["model_name"] = "vgg19_bn"
     torch.save(ck, d / "last.pt")
     p = run(tmp_path / "out", "none", "--resume")
-    assert p.returncode == 1 and "last.pt is for model 'vgg19_bn', not 'resnet18'" in p.stderr
-    ck["model_name"] = "resnet18"
-    ck["model"]["fc.weight"] = torch.zeros(100, 512)  # a 100-class head
+    assert p.returncode == 1 and f"last.pt is for model 'vgg19_bn', not '{MODEL}'" in p.stderr
+    ck["model_name"] = MODEL
+    ck["model"]["fc.weight"] = torch.zeros(100, 16)  # a 100-class head
     torch.save(ck, d / "last.pt")
     p = run(tmp_path / "out", "none", "--resume")
-    assert p.returncode == 1 and "does not fit model 'resnet18'" in p.stderr and "fc.weight" in p.stderr
+    assert p.returncode == 1 and f"does not fit model '{MODEL}'" in p.stderr and "fc.weight" in p.stderr
     del before["last.pt"]
     assert {k: v for k, v in _snapshot(d).items() if k != "last.pt"} == before
 
 
 @needs_sample
 def test_second_process_on_a_run_folder_is_refused_and_kill_frees_it(tmp_path):
-    d = tmp_path / "out" / "resnet18"
+    d = tmp_path / "out" / MODEL
     d.mkdir(parents=True)
     with run_lock(d):
         p = run(tmp_path / "out")
@@ -187,9 +219,9 @@ def test_divergence_stops_with_exit_1_keeping_checkpoint_and_history(tmp_path):
     out = tmp_path / "out"
     p = run(out, "nan:5")  # the 2nd step of epoch 2
     assert p.returncode == 1 and p.stderr.count("\n") == 1
-    assert "[resnet18] epoch 2: loss became non-finite (nan or inf) at step 2 of the epoch" in p.stderr
+    assert f"[{MODEL}] epoch 2: loss became non-finite (nan or inf) at step 2 of the epoch" in p.stderr
     assert "keeps the checkpoint of epoch 1" in p.stderr
-    d = out / "resnet18"
+    d = out / MODEL
     assert checkpoint.load(d / "last.pt")["epoch"] == 1
     assert [r["epoch"] for r in history.read(d)] == [1]
     assert (d / "history.csv").read_text().count("\n") == 2
@@ -205,7 +237,7 @@ def test_disk_full_is_a_clear_error_and_earlier_files_survive(tmp_path, uninterr
     p = run(out, "enospc:last.pt:2")
     assert p.returncode == 1 and p.stderr.count("\n") == 1
     assert "could not write" in p.stderr and "last.pt: No space left on device" in p.stderr
-    d = out / "resnet18"
+    d = out / MODEL
     assert checkpoint.load(d / "last.pt")["epoch"] == 1
     assert [r["epoch"] for r in history.read(d)] == [1]
     assert not list(d.glob(".*.tmp"))
@@ -226,7 +258,7 @@ def test_unwritable_output_is_a_clear_error(tmp_path):
 
 @needs_sample
 def test_damaged_history_is_repaired_from_the_checkpoint(tmp_path, uninterrupted):
-    d = tmp_path / "out" / "resnet18"
+    d = tmp_path / "out" / MODEL
     shutil.copytree(uninterrupted, d)
     (d / "history.csv").write_text((d / "history.csv").read_text()[:-30])  # torn last line
     (d / "history.jsonl").write_text("{not json\n")
@@ -244,8 +276,8 @@ def test_debug_flag_shows_the_traceback(tmp_path):
     p = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "archbench",
+            str(DRIVER),
+            "none",
             "--debug",
             *ARGS,
             "--out",
@@ -394,7 +426,7 @@ def _private_mount_namespace(script: str, timeout: int = 300) -> subprocess.Comp
 def _cli(args: list[str], out: str, tag: str) -> str:
     """A shell line running the CLI with ``args``; its exit code, stdout and stderr go to ``out``/tag.*"""
     quoted = " ".join(f"'{a}'" for a in args)
-    return f"{sys.executable} -m archbench {quoted} >{out}/{tag}.out 2>{out}/{tag}.err; echo $? >{out}/{tag}.rc"
+    return f"{sys.executable} {DRIVER} none {quoted} >{out}/{tag}.out 2>{out}/{tag}.err; echo $? >{out}/{tag}.rc"
 
 
 def _result(folder: Path, tag: str) -> tuple[int, str, str]:
@@ -406,11 +438,11 @@ def _result(folder: Path, tag: str) -> tuple[int, str, str]:
 
 
 @needs_sample
-def test_a_really_full_disk_is_one_line_and_the_run_resumes_bit_identical(tmp_path, uninterrupted):
+def test_a_really_full_disk_is_one_line_and_the_run_resumes_bit_identical(tmp_path, uninterrupted_resnet18):
     """torch.save reports a full disk as a RuntimeError; it must read like any other full disk."""
     mnt, logs, copy = tmp_path / "mnt", tmp_path / "logs", tmp_path / "copy"
     mnt.mkdir(), logs.mkdir()
-    args = ARGS[:-2] + ["--data-dir", str(SAMPLE_DIR), "--out", f"{mnt}/out"]
+    args = RESNET18_ARGS[:-2] + ["--data-dir", str(SAMPLE_DIR), "--out", f"{mnt}/out"]
     # resnet18's best.pt is 45 MB and last.pt 90 MB: 160 MB holds epoch 1, not epoch 2's temp files.
     script = "; ".join(
         [
@@ -436,7 +468,7 @@ def test_a_really_full_disk_is_one_line_and_the_run_resumes_bit_identical(tmp_pa
     assert (logs / "epoch_kept").read_text().strip() == "1"
     code, _, err = _result(logs, "resumed")
     assert code == 0, err
-    assert_same_run(copy, uninterrupted)
+    assert_same_run(copy, uninterrupted_resnet18)
 
 
 @needs_sample
@@ -460,17 +492,17 @@ def test_read_only_output_is_one_line_for_every_writing_command_and_bench_fails_
             "--json",
             f"{mnt}/bench/results.json",
         ],
-        "eval": ["eval", f"{mnt}/runs/resnet18", *data, "--device", "cpu", "--out", f"{mnt}/eval"],
-        "plot": ["plot", f"{mnt}/runs/resnet18", str(uninterrupted), "--out", f"{mnt}/plots"],
+        "eval": ["eval", f"{mnt}/runs/{MODEL}", *data, "--device", "cpu", "--out", f"{mnt}/eval"],
+        "plot": ["plot", f"{mnt}/runs/{MODEL}", str(uninterrupted), "--out", f"{mnt}/plots"],
     }
     script = "; ".join(
         [
             f"mount -t tmpfs -o size=200m tmpfs {mnt}",
             f"mkdir {mnt}/runs",
-            f"cp -a {uninterrupted} {mnt}/runs/resnet18",
+            f"cp -a {uninterrupted} {mnt}/runs/{MODEL}",
             f"mount -o remount,ro {mnt}",
             *(_cli(args, logs, tag) for tag, args in commands.items()),
-            f"ls -A {mnt}/runs/resnet18 >{logs}/run.ls",
+            f"ls -A {mnt}/runs/{MODEL} >{logs}/run.ls",
         ]
     )
     p = _private_mount_namespace(script)
@@ -531,7 +563,7 @@ def test_sigterm_during_a_checkpoint_write_finishes_it_says_so_and_resumes_bit_i
     p = run(out, "term:last.pt:2")
     assert p.returncode == 143, p.stderr
     assert p.stderr.count("\n") == 1 and "terminated (SIGTERM); finished epochs are saved" in p.stderr
-    d = out / "resnet18"
+    d = out / MODEL
     assert not list(d.glob(".*.tmp")) and not (d / ".lock").exists()
     assert checkpoint.load(d / "last.pt")["epoch"] == 2  # the write under way when the signal came landed
     p = run(out, "none", "--resume")
@@ -541,7 +573,7 @@ def test_sigterm_during_a_checkpoint_write_finishes_it_says_so_and_resumes_bit_i
 
 @needs_sample
 def test_zero_byte_checkpoints_are_called_damaged(tmp_path, uninterrupted, capsys):
-    d = tmp_path / "out" / "resnet18"
+    d = tmp_path / "out" / MODEL
     shutil.copytree(uninterrupted, d)
     (d / "last.pt").write_bytes(b"")
     (d / "best.pt").write_bytes(b"")
@@ -557,7 +589,7 @@ def test_zero_byte_checkpoints_are_called_damaged(tmp_path, uninterrupted, capsy
 
 @needs_sample
 def test_a_checkpoint_with_missing_or_mistyped_fields_is_refused(tmp_path, uninterrupted, capsys):
-    d = tmp_path / "out" / "resnet18"
+    d = tmp_path / "out" / MODEL
     shutil.copytree(uninterrupted, d)
     good = checkpoint.load(d / "last.pt")
     for field, value in (("optimizer", None), ("epoch", "4"), ("rng", {}), ("history", [1, 2])):
@@ -596,7 +628,7 @@ def test_a_run_is_only_continued_or_reused_on_the_data_it_started_with(tmp_path,
     out = tmp_path / "out"
     p = run(out, "step:5")  # killed in epoch 2: a run to continue
     assert p.returncode == -signal.SIGKILL
-    d = out / "resnet18"
+    d = out / MODEL
     before = _snapshot(d)
     before.pop(".lock")  # the killed process's, unlocked: the next command takes it over and removes it
     code, _, err = _main(
@@ -607,11 +639,11 @@ def test_a_run_is_only_continued_or_reused_on_the_data_it_started_with(tmp_path,
     assert str(SAMPLE_DIR) in err and str(other) in err and "pass the run's data with --data-dir" in err
     assert _snapshot(d) == before  # config.json still records what the first epoch saw
     reused = tmp_path / "reused"
-    shutil.copytree(uninterrupted, reused / "resnet18")
+    shutil.copytree(uninterrupted, reused / MODEL)
     compare = [
         "compare",
         "plain18",
-        "resnet18",
+        MODEL,
         *ARGS[2:-2],
         "--data-dir",
         str(other),
@@ -619,10 +651,10 @@ def test_a_run_is_only_continued_or_reused_on_the_data_it_started_with(tmp_path,
         "--out",
         str(reused),
     ]
-    before = _snapshot(reused / "resnet18")
+    before = _snapshot(reused / MODEL)
     code, _, err = _main(capsys, *compare)
-    assert code == 1 and _one_line(err) and "resnet18 was trained on other data" in err, err
-    assert _snapshot(reused / "resnet18") == before
+    assert code == 1 and _one_line(err) and f"{MODEL} was trained on other data" in err, err
+    assert _snapshot(reused / MODEL) == before
     assert not (reused / "plain18").exists(), "a model was trained before the reused run's data was checked"
 
 
@@ -660,7 +692,7 @@ def test_a_closed_output_pipe_stops_with_one_line_not_a_file_error(uninterrupted
     shutil.copytree(uninterrupted, run_dir)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     p = subprocess.run(
-        f"{sys.executable} -m archbench plot {run_dir} | true",
+        f"{sys.executable} {DRIVER} none plot {run_dir} | true",
         shell=True,
         env=env,
         capture_output=True,

@@ -46,19 +46,25 @@ def load(path: Path, map_location: str | torch.device = "cpu", mmap: bool = Fals
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except OSError as e:
-        raise os_error("read", path, e, "check the file's permissions") from e
+        if e.filename is not None:  # opening or reading the file failed, not decoding it
+            raise os_error("read", path, e, "check the file's permissions") from e
+        raise _unreadable(path, e) from e  # torch meets some truncated files as OSError(EINVAL), nameless
     except Exception as e:  # torch raises several types for truncated/garbled files
-        detail = next(iter(str(e).splitlines()), "")[:200]
-        raise ArchbenchError(
-            f"checkpoint {path} is unreadable ({type(e).__name__}{': ' + detail if detail else ''}; "
-            f"{path.stat().st_size} bytes); it is truncated or damaged — {damaged_fix(path)}"
-        ) from e
+        raise _unreadable(path, e) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ArchbenchError(f"checkpoint {path} is not an archbench checkpoint of format {FORMAT}")
     _check_layout(ckpt, path, LAYOUT[LAST] if path.name == LAST else LAYOUT[BEST])
     if path.name == LAST:
         _check_progress(ckpt, path)
     return ckpt
+
+
+def _unreadable(path: Path, e: BaseException) -> ArchbenchError:
+    detail = next(iter(str(e).splitlines()), "")[:200]
+    return ArchbenchError(
+        f"checkpoint {path} is unreadable ({type(e).__name__}{': ' + detail if detail else ''}; "
+        f"{path.stat().st_size} bytes); it is truncated or damaged — {damaged_fix(path)}"
+    )
 
 
 def damaged_fix(path: Path) -> str:
