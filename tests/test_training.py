@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import tiny_model
 from archbench.config import Config
 from archbench.errors import ArchbenchError, DivergenceError
 from archbench.train import checkpoint, history
@@ -18,8 +19,17 @@ from conftest import synthetic
 TIMING = ("train_seconds", "eval_seconds", "epoch_seconds")
 
 
+@pytest.fixture(autouse=True)
+def tiny_registered(monkeypatch):
+    """The machinery tested here does not depend on the architecture (see tiny_model.py);
+    the stop-and-resume test also runs the real models."""
+    from archbench.models.registry import MODELS
+
+    monkeypatch.setitem(MODELS, tiny_model.NAME, tiny_model.SPEC)
+
+
 def _cfg(**kw) -> Config:
-    base = dict(model="resnet18", epochs=2, batch_size=16, milestones=(1,), device="cpu", quiet=True)
+    base = dict(model=tiny_model.NAME, epochs=2, batch_size=16, milestones=(1,), device="cpu", quiet=True)
     return Config(**{**base, **kw})
 
 
@@ -213,7 +223,7 @@ def test_divergent_run_stops_with_last_good_checkpoint_kept(tmp_path, monkeypatc
     d = tmp_path / "r"
     with pytest.raises(
         DivergenceError,
-        match=r"\[resnet18\] epoch 2: loss became non-finite at step 2.*keeps the checkpoint of epoch 1",
+        match=r"\[tiny\] epoch 2: loss became non-finite at step 2.*keeps the checkpoint of epoch 1",
     ):
         _train(d, _cfg(epochs=3))
     assert checkpoint.load(d / "last.pt")["epoch"] == 1
