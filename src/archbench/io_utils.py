@@ -40,10 +40,10 @@ _DEFAULT_FIX = "check the path, its permissions and the free disk space"
 def os_error(action: str, path: Path | str, e: OSError, fix: str | None = None) -> ArchbenchError:
     """One line for a failed ``action`` ("write", "read", "create the folder") on ``path``."""
     reason = e.strerror or str(e) or type(e).__name__
-    return ArchbenchError(f"could not {action} {path}: {reason}; {fix or _FIXES.get(e.errno, _DEFAULT_FIX)}")
+    return ArchbenchError(f"could not {action} {path}: {reason}; {fix or _FIXES.get(e.errno or 0, _DEFAULT_FIX)}")
 
 
-def os_error_in(e: BaseException) -> OSError | None:
+def os_error_in(e: BaseException | None) -> OSError | None:
     """The OSError behind ``e``: torch's serializer reports a failed write (disk full) as a
     RuntimeError whose context is the file's OSError."""
     seen = set()
@@ -134,7 +134,10 @@ def atomic_write_with(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
+    def write(f: IO[bytes]) -> None:
+        f.write(data)
+
+    _atomic_write(path, write)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -81,9 +81,10 @@ class Estimate:
         return f"{head} ({', '.join(parts)}{tail})"
 
     def _p_text(self) -> str:
-        if self.p_floor is not None and self.p_value <= self.p_floor:
+        p = self.p_value
+        if self.p_floor is not None and p is not None and p <= self.p_floor:
             return f"p < {_ceil_significant(self.p_floor):.3g}"
-        return f"p = {self.p_value:.3g}"
+        return f"p = {p:.3g}"
 
 
 def _ceil_significant(x: float) -> float:
@@ -114,16 +115,16 @@ def _scale(*arrays: np.ndarray) -> float:
 
 def paired_t(a: Sequence[float], b: Sequence[float]) -> Estimate:
     """mean(a − b) by the paired t-test, a[i] and b[i] being runs with the same seed."""
-    a, b = _values(a), _values(b)
-    if a.shape != b.shape:
-        raise ValueError(f"paired samples differ in length: {a.size} vs {b.size}")
-    n = int(a.size)
-    diff, method = float(np.mean(a - b)), f"paired t over {_seeds(n)}"
+    x, y = _values(a), _values(b)
+    if x.shape != y.shape:
+        raise ValueError(f"paired samples differ in length: {x.size} vs {y.size}")
+    n = int(x.size)
+    diff, method = float(np.mean(x - y)), f"paired t over {_seeds(n)}"
     if n < 2:
         return Estimate(diff, n, None, None, None, method, "one seed: no spread to estimate")
-    if _flat(a - b, _scale(a, b)):
+    if _flat(x - y, _scale(x, y)):
         return Estimate(diff, n, None, None, None, method, "no spread: the difference is the same at every seed")
-    res = stats.ttest_rel(a, b)
+    res = stats.ttest_rel(x, y)
     ci = res.confidence_interval(CONFIDENCE)
     return Estimate(diff, n, float(ci.low), float(ci.high), float(res.pvalue), method)
 
@@ -280,12 +281,12 @@ def holm(p_values: Sequence[float | None]) -> list[float | None]:
 
     None entries stay None and do not count towards the family size.
     """
-    present = [i for i, p in enumerate(p_values) if p is not None]
+    present = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
     m = len(present)
     adjusted: list[float | None] = [None] * len(p_values)
     running = 0.0
-    for rank, i in enumerate(sorted(present, key=lambda i: p_values[i])):
+    for rank, (p, i) in enumerate(present):
         # Step-down: a p-value's adjustment never falls below that of a smaller p-value.
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        running = max(running, min(1.0, (m - rank) * p))
         adjusted[i] = running
     return adjusted

@@ -20,7 +20,7 @@ def _digest(x: np.ndarray, y: np.ndarray) -> str:
     h = hashlib.sha256()
     for a in (np.ascontiguousarray(x, dtype=np.uint8), np.ascontiguousarray(y, dtype=np.int64)):
         h.update(str(a.shape).encode())
-        h.update(a)  # the array's buffer, no copy (empty arrays included)
+        h.update(a.data)  # the array's buffer, no copy (empty arrays included)
     return h.hexdigest()[:DIGEST_CHARS]
 
 

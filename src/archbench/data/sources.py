@@ -559,6 +559,13 @@ def read_python_folder(folder: Path, *, verify: bool = True, with_train: bool = 
     return _assemble(read, f"python folder {folder}", verify, with_train)
 
 
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    f = tar.extractfile(member)
+    if f is None:  # only regular files are kept as members; this is not one
+        raise ArchbenchError(f"{member.name} in the archive is not a file; download the official archive again")
+    return f.read()
+
+
 def read_python_archive(archive: Path, *, verify: bool = True, with_train: bool = True) -> Cifar10:
     archive = Path(archive)
     raw = _read_file(archive, "download the official archive again")
@@ -578,7 +585,7 @@ def read_python_archive(archive: Path, *, verify: bool = True, with_train: bool 
                 for m in tar.getmembers()
                 if m.isfile() and Path(m.name).parent.name == OFFICIAL_FOLDER
             }
-            batches = {name: tar.extractfile(members[name]).read() for name in needed if name in members}
+            batches = {name: _member_bytes(tar, members[name]) for name in needed if name in members}
 
     def read(name: str) -> bytes:
         if name not in batches:

@@ -116,7 +116,7 @@ def check_records(records: list, where: str, fix: str) -> list[dict]:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    records = []
+    records: list[dict] = []
     for n, line in enumerate(read_text(path, "the run's history", FIX).split("\n"), start=1):
         if not line.strip():
             continue
@@ -135,7 +135,7 @@ def _read_csv(path: Path) -> list[dict]:
         raise ArchbenchError(f"{path}: not CSV ({e}); {FIX}") from e
     if not rows:
         raise ArchbenchError(f"{path}: the header line is missing; {FIX}")
-    header, records = rows[0], []
+    header, records = rows[0], list[dict]()
     missing = [k for k in FIELDS if k not in header]
     if missing:
         raise ArchbenchError(f"{path}: column {missing[0]!r} is missing from the header; {FIX}")
@@ -172,4 +172,7 @@ def read(run_dir: Path) -> list[dict]:
     differ = None if records is None or rows is None else _difference(records, rows)
     if differ:
         raise ArchbenchError(f"{jsonl} and {csv_path} disagree ({differ}); {FIX}")
-    return records if records is not None else rows
+    if records is not None:
+        return records
+    assert rows is not None  # one of the two files exists
+    return rows
