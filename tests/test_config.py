@@ -70,6 +70,9 @@ INVALID = [
     ("val_split", 0),
     ("grad_norms_per_epoch", -1),
     ("tensorboard", "on"),
+    ("mlflow", ""),
+    ("mlflow", True),
+    ("wandb", "yes"),
 ]
 
 

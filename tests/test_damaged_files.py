@@ -162,6 +162,8 @@ CONFIG_FILE = {
     "compile": False,
     "cuda_graphs": False,
     "tensorboard": False,
+    "mlflow": "default",
+    "wandb": False,
     "grad_norms_per_epoch": 1,
     "min_effect": 0.5,
     "data_dir": "nodata",
@@ -186,7 +188,7 @@ HARMLESS_NULLS = {  # (file, field): what null means there
     "comparison.json:environment.test images": "the count was not recorded; the row is left out",
     **{
         f"exp.yaml:{k}": "null leaves the setting unset, as its default does"
-        for k in ("lr", "train_subset", "test_subset", "val_split", "data_dir")
+        for k in ("lr", "train_subset", "test_subset", "val_split", "data_dir", "mlflow")
     },
 }
 MISSING_HOW = (
@@ -211,6 +213,9 @@ OTHER_HARMLESS = {
     ".:extra-folder": "only the runs comparison.json lists are read; " + SAME,
     f"{FINISHED}:extra-file": "a run folder's files are read by name; " + SAME,
     f"{FINISHED}:extra-folder": "a run folder's files are read by name; " + SAME,
+    f"{FINISHED}/config.json:string mlflow": "any text is an MLflow tracking URI, and where a run was tracked "
+    "does not change its numbers",
+    f"{DIVERGED}/divergence.json:string config.mlflow": "any text is an MLflow tracking URI (as in config.json)",
 }
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from archbench.config import Config, from_mapping, load_file
+from archbench.config import MLFLOW_DEFAULT_STORE, Config, from_mapping, load_file
 from archbench.errors import ArchbenchError
 from archbench.io_utils import check_writable, os_error
 
@@ -80,6 +80,17 @@ def _training_flags() -> argparse.ArgumentParser:
     r.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
     r.add_argument("--cuda-graphs", action="store_true", help="replay training steps from CUDA graphs")
     r.add_argument("--tensorboard", action="store_true", help="also log per-epoch scalars for TensorBoard")
+    r.add_argument(
+        "--mlflow",
+        nargs="?",
+        const=MLFLOW_DEFAULT_STORE,
+        metavar="URI",
+        help="also log to MLflow: to the tracking URI (file:..., sqlite:///..., http://...), or without one to a "
+        "file store at OUT/mlruns; put it after the model names, or write --mlflow=URI",
+    )
+    r.add_argument(
+        "--wandb", action="store_true", help="also log to Weights & Biases (WANDB_MODE=offline: RUN_DIR/wandb only)"
+    )
     r.add_argument(
         "--grad-norms-per-epoch",
         type=int,
@@ -228,6 +239,7 @@ def cmd_compare(args) -> int:
     from archbench.data.fingerprint import fingerprint
     from archbench.errors import DivergenceError
     from archbench.train.runner import Run
+    from archbench.train.trackers import log_comparison
 
     started = time.perf_counter()
     cfg = config_from_args(args)
@@ -272,6 +284,8 @@ def cmd_compare(args) -> int:
         log(line)
     log(f"\nWrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {report[0]}, {report[1]} and figures under {out}")
     log(f"compare took {time.perf_counter() - started:.1f} s (wall clock, data loading to report)")
+    for where in log_comparison(cfg, out, list(args.models), args.seeds):
+        log(f"Logged the comparison: {where}")
     return 0
 
 

@@ -22,6 +22,7 @@ from archbench.schema import INT_LIMIT, show
 PIPELINES = ("fast", "reference")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+MLFLOW_DEFAULT_STORE = "default"  # mlflow setting (bare --mlflow): a file store at OUT/mlruns
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class Config:
     compile: bool = False  # torch.compile the training forward pass
     cuda_graphs: bool = False  # replay training steps from captured CUDA graphs
     tensorboard: bool = False  # also log per-epoch scalars to RUN_DIR/tensorboard
+    mlflow: str | None = None  # also log to MLflow: a tracking URI, or "default" (a file store at OUT/mlruns)
+    wandb: bool = False  # also log to Weights & Biases (WANDB_MODE=offline: files under RUN_DIR/wandb only)
     grad_norms_per_epoch: int = 4  # times per epoch the per-layer gradient norms are recorded (0: off)
     min_effect: float = 0.3  # smallest final-accuracy difference of interest to verdicts, percentage points
     data_dir: str | None = None
@@ -140,7 +143,13 @@ def validate(cfg: Config) -> Config:
         cfg.data_dir,
     )
     _require(isinstance(cfg.out, str) and cfg.out != "", "out", "a folder path", cfg.out)
-    for name in ("download", "offline", "verify_data", "quiet", "compile", "cuda_graphs", "tensorboard"):
+    _require(
+        cfg.mlflow is None or (isinstance(cfg.mlflow, str) and cfg.mlflow != ""),
+        "mlflow",
+        f"a tracking URI, {MLFLOW_DEFAULT_STORE!r} (a file store at OUT/mlruns), or unset",
+        cfg.mlflow,
+    )
+    for name in ("download", "offline", "verify_data", "quiet", "compile", "cuda_graphs", "tensorboard", "wandb"):
         _require(isinstance(getattr(cfg, name), bool), name, "true or false", getattr(cfg, name))
     return cfg
 

@@ -30,6 +30,7 @@ from archbench.train.epoch_writer import EpochFiles, EpochWriter, host_copy
 from archbench.train.gradflow import GradFlow
 from archbench.train.lock import run_lock
 from archbench.train.schedule import multistep_lr
+from archbench.train.trackers import check_trackers, close_trackers, log_epoch, open_trackers
 from archbench.train.training import (
     adopt_optimizer_impl,
     build_model,
@@ -118,6 +119,7 @@ class Run:
         self.device = resolve_device(cfg.device)
         self.cfg = resolve(cfg, self.device.type)
         check_device_options(self.cfg, self.device)
+        check_trackers(self.cfg)  # a missing tracker package is refused before any folder is made
         self.run_dir = Path(run_dir)
         self.log = log
 
@@ -220,7 +222,7 @@ class Run:
         exact = exact_mask(data, self.device)
         step, tally = build_step(model, opt, cfg, self.device), Tally(self.device)
         grads = GradFlow(model, num_batches(pipe.train_size, cfg.batch_size), cfg.grad_norms_per_epoch)
-        board = tensorboard_writer(self.run_dir, state.epoch) if cfg.tensorboard else None
+        trackers = open_trackers(cfg, self.run_dir, state.records)
         if state.epoch == 0:
             self.log(
                 f"[{cfg.model}] {count_parameters(model):,} parameters | {pipe.train_size} train / "
@@ -233,8 +235,7 @@ class Run:
                 record = self._epoch(model, opt, step, tally, pipe, exact, epoch, grads)
                 state.gradflow += grads.take(epoch + 1)
                 self._commit_epoch(writer, model, opt, state, record)
-                if board is not None:
-                    log_scalars(board, record)
+                log_epoch(trackers, record)
                 if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
                     self.log(summary_line(cfg.model, record, cfg.epochs))
         except DivergenceError as e:
@@ -245,8 +246,7 @@ class Run:
             writer.close(raise_errors=False)  # the epochs already handed over still land
             raise
         finally:
-            if board is not None:
-                board.close()
+            close_trackers(trackers, finished=state.epoch >= cfg.epochs)
         writer.close()
         return state
 
@@ -341,25 +341,6 @@ class Run:
             "eval_seconds": ev["seconds"],
             "epoch_seconds": tr["seconds"] + ev["seconds"],
         }
-
-
-def tensorboard_writer(run_dir: Path, epochs_done: int):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as e:
-        raise ArchbenchError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
-    # purge_step hides events of epochs a crashed run logged but never checkpointed.
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=epochs_done + 1)
-
-
-def log_scalars(writer, record: dict) -> None:
-    e = record["epoch"]
-    for split in ("train", "val"):
-        writer.add_scalar(f"loss/{split}", record[f"{split}_loss"], e)
-        writer.add_scalar(f"accuracy/{split}", record[f"{split}_acc"], e)
-    writer.add_scalar("lr", record["lr"], e)
-    writer.add_scalar("seconds/epoch", record["epoch_seconds"], e)
-    writer.flush()
 
 
 def summary_line(model: str, r: dict, epochs: int) -> str:
