@@ -25,6 +25,17 @@ needs_real = pytest.mark.skipif(
 )
 
 
+# Fixtures that train real models end to end (a compare of several models and seeds, a
+# resnet18 run big enough to fill a disk): every test using one is slow.
+SLOW_FIXTURES = {"compared", "smoke", "uninterrupted_resnet18"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def no_network_and_a_private_cache(tmp_path_factory):
     """No test reaches the network or the user's own cache: downloads are off unless a test

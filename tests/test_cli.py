@@ -151,6 +151,7 @@ def test_plot_regenerates_figures_from_history_alone(compared, tmp_path):
         assert (copy / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
+@pytest.mark.slow
 @needs_sample
 def test_killed_run_resumes_to_completion(tmp_path):
     out = tmp_path / "out"

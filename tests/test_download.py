@@ -225,6 +225,7 @@ def test_platform_cache_folders(monkeypatch, tmp_path):
     assert fetch.user_cache_dir() == tmp_path / "elsewhere"
 
 
+@pytest.mark.slow
 def test_readme_first_command_in_a_fresh_folder_downloads_and_runs_end_to_end(served, tmp_path):
     """The quick start where no ./data and no ../shared exist, scaled down to CI's minutes:
     the real CLI in a subprocess, the archive fetched from the 127.0.0.1 server."""

@@ -15,6 +15,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 
+import tiny_model
 from archbench.config import Config, resolve
 from archbench.data.pipelines import build_pipeline
 from archbench.train.engine import Tally, TrainStep, train_one_epoch
@@ -99,8 +100,12 @@ def _train(model_name: str, graphed: bool):
     return model, opt, epochs, norms, (host.captures if graphed else None)
 
 
-@pytest.mark.parametrize("model_name", ["resnet18", "vgg19_bn"])  # vgg19_bn: dropout draws too
-def test_graphed_step_trains_bit_for_bit_like_the_eager_step(model_name):
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", ["resnet18", tiny_model.NAME])  # tiny: dropout draws too
+def test_graphed_step_trains_bit_for_bit_like_the_eager_step(model_name, monkeypatch):
+    from archbench.models.registry import MODELS
+
+    monkeypatch.setitem(MODELS, tiny_model.NAME, tiny_model.SPEC)
     model_e, opt_e, epochs_e, norms_e, _ = _train(model_name, graphed=False)
     model_g, opt_g, epochs_g, norms_g, captures = _train(model_name, graphed=True)
     assert captures == 4  # full and partial batch, at each of the two learning rates

@@ -116,6 +116,7 @@ def uninterrupted_resnet18(tmp_path_factory):
     return out / "resnet18"
 
 
+@pytest.mark.slow
 @needs_sample
 def test_killed_at_chosen_moments_resumes_bit_identical(tmp_path, uninterrupted):
     rng = random.Random(20261128)
@@ -135,6 +136,7 @@ def test_killed_at_chosen_moments_resumes_bit_identical(tmp_path, uninterrupted)
     assert_same_run(out / MODEL, uninterrupted)
 
 
+@pytest.mark.slow
 @needs_sample
 def test_killed_at_random_times_resumes_bit_identical(tmp_path, uninterrupted):
     rng = random.Random(7)
@@ -471,6 +473,7 @@ def test_a_really_full_disk_is_one_line_and_the_run_resumes_bit_identical(tmp_pa
     assert_same_run(copy, uninterrupted_resnet18)
 
 
+@pytest.mark.slow
 @needs_sample
 def test_read_only_output_is_one_line_for_every_writing_command_and_bench_fails_first(tmp_path, uninterrupted):
     mnt, logs = tmp_path / "mnt", tmp_path / "logs"
@@ -557,6 +560,7 @@ def test_files_follow_the_umask_like_any_other_program(uninterrupted, tmp_path):
     assert (tmp_path / "private.txt").stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow
 @needs_sample
 def test_sigterm_during_a_checkpoint_write_finishes_it_says_so_and_resumes_bit_identical(tmp_path, uninterrupted):
     out = tmp_path / "out"

@@ -100,6 +100,7 @@ def test_train_step_under_bf16_autocast_keeps_loss_and_bn_stats_fp32():
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_bench_on_cpu_prints_the_table_and_writes_json(tmp_path):
     from test_cli import archbench
 

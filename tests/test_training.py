@@ -72,6 +72,7 @@ def test_same_seed_gives_identical_runs_on_cpu(tmp_path):
     assert _numbers(tmp_path / "c") != _numbers(tmp_path / "a")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model,pipeline", [("resnet18", "fast"), ("vgg19_bn", "fast"), ("resnet18", "reference")])
 def test_stop_and_resume_equals_training_straight_through(tmp_path, model, pipeline):
     """vgg19_bn has dropout, so this also proves the RNG state is restored."""
