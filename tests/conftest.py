@@ -45,6 +45,10 @@ def no_network_and_a_private_cache(tmp_path_factory):
         mp.setenv("ARCHBENCH_OFFLINE", "1")
         mp.setenv("ARCHBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
         mp.delenv("ARCHBENCH_CIFAR10_URL", raising=False)
+        for proxy in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+            mp.delenv(proxy, raising=False)  # the tests' own server on 127.0.0.1 is reached directly
+        mp.setenv("no_proxy", "127.0.0.1,localhost")
+        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
         yield
 
 

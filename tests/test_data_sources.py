@@ -144,7 +144,7 @@ def test_nothing_found_lists_places_and_ways(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ARCHBENCH_DATA", raising=False)
     with pytest.raises(ArchbenchError) as e:
-        load_cifar10(None)
+        load_cifar10(None, offline=True)
     msg = str(e.value)
     assert "./data" in msg and "../shared/data/cifar10" in msg
     assert "--data-dir" in msg and "ARCHBENCH_DATA" in msg and "--download" in msg and "\n" not in msg

@@ -12,6 +12,7 @@ import http.server
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -98,7 +99,8 @@ def served(tmp_path, monkeypatch):
 
 
 def files_in(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+    """The files under ``folder`` (folders themselves do not count)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if not p.is_dir()) if folder.exists() else []
 
 
 def test_fresh_cache_downloads_once_then_reuses(served, capsys):
@@ -108,7 +110,7 @@ def test_fresh_cache_downloads_once_then_reuses(served, capsys):
     np.testing.assert_array_equal(d.x_train, made.x_train)
     np.testing.assert_array_equal(d.y_test, made.y_test)
     assert d.checksums == "official MD5s matched" and str(cache / "cifar10") in d.source
-    assert files_in(cache) == ["cifar10", "cifar10/cifar-10-python.tar.gz"]  # no temp file, nothing unpacked
+    assert files_in(cache) == ["cifar10/cifar-10-python.tar.gz"]  # no temp file, nothing unpacked
     err = capsys.readouterr().err
     assert "downloading" in err and "MD5 matches" in err
     sources.load_cifar10(None)
@@ -139,7 +141,10 @@ def test_a_bad_download_is_one_error_and_leaves_nothing(served, mode, message):
 def test_unreachable_server_is_one_error(served):
     server, cache, _, _ = served
     server.stop()  # the port is closed now: connection refused
-    with pytest.raises(ArchbenchError, match=r"downloading CIFAR-10 from http://127\.0\.0\.1:\d+/\S+ failed .*network"):
+    with pytest.raises(
+        ArchbenchError,
+        match=r"downloading CIFAR-10 from http://127\.0\.0\.1:\d+/\S+ \(from ARCHBENCH_CIFAR10_URL\) failed",
+    ):
         sources.load_cifar10(None)
     assert files_in(cache) == []
 
@@ -174,13 +179,37 @@ def test_a_named_place_is_fetched_into_only_with_download(served, tmp_path):
     assert files_in(named) == ["cifar-10-python.tar.gz"] and files_in(cache) == []
 
 
+def test_offline_with_download_says_downloading_is_off(served, tmp_path, monkeypatch):
+    monkeypatch.setenv("ARCHBENCH_OFFLINE", "1")
+    with pytest.raises(ArchbenchError, match=r"tried --data-dir = .*mine\) and downloading is off"):
+        sources.load_cifar10(str(tmp_path / "mine"), download_missing=True)
+    assert served[0].requests == 0
+
+
+def test_a_damaged_archive_in_the_cache_says_to_delete_it(served):
+    server, cache, _, _ = served
+    sources.load_cifar10(None)
+    archive = cache / "cifar10" / "cifar-10-python.tar.gz"
+    archive.write_bytes(archive.read_bytes()[:1000])  # e.g. a copy cut short by hand
+    for verify in (True, False):
+        with pytest.raises(ArchbenchError) as e:
+            sources.load_cifar10(None, verify=verify)
+        msg = str(e.value)
+        assert msg.startswith("the downloaded copy in archbench's cache is damaged: ") and "\n" not in msg
+        assert msg.endswith(f"delete {archive} and the next command downloads it again")
+        assert "--no-verify-data" not in msg
+    archive.unlink()
+    sources.load_cifar10(None)
+    assert server.requests == 2
+
+
 def test_stale_temp_files_of_a_killed_download_are_removed(served):
     _, cache, _, _ = served
     folder = cache / "cifar10"
     folder.mkdir(parents=True)
     (folder / ".cifar-10-python.tar.gz.0badf00d.tmp").write_bytes(b"half an archive")
     sources.load_cifar10(None)
-    assert files_in(cache) == ["cifar10", "cifar10/cifar-10-python.tar.gz"]
+    assert files_in(cache) == ["cifar10/cifar-10-python.tar.gz"]
 
 
 def test_two_processes_at_once_download_once(served):
@@ -199,16 +228,45 @@ def test_two_processes_at_once_download_once(served):
     for t in threads:
         t.join(60)
     assert errors == [] and results == [100, 100]
-    assert server.requests == 1  # the second waited for the folder lock, then used the archive
+    assert server.requests == 1  # the second waited for the lock, then used the archive
+    assert files_in(cache) == ["cifar10/cifar-10-python.tar.gz"]  # the lock file is gone too
 
 
 def test_an_unwritable_cache_is_one_error_naming_it(served, monkeypatch, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("in the way")
     monkeypatch.setenv("ARCHBENCH_CACHE", str(blocker / "cache"))
-    with pytest.raises(ArchbenchError, match=r"could not create the folder .*a-file/cache/cifar10: .*is a file"):
+    with pytest.raises(ArchbenchError) as e:
         sources.load_cifar10(None)
+    msg = str(e.value)
+    assert re.match(r"could not create the folder .*a-file/cache/cifar10: .*is a file, not a folder; ", msg), msg
+    assert msg.endswith("free 170 MB there, set ARCHBENCH_CACHE to another folder, or pass --data-dir DIR --download")
     assert served[0].requests == 0
+
+
+def test_a_cache_that_fills_up_names_the_cache_setting(served, monkeypatch):
+    import errno
+
+    from archbench import io_utils
+
+    def full(path, write):
+        raise io_utils.os_error("write", path, OSError(errno.ENOSPC, "No space left on device"))
+
+    monkeypatch.setattr(fetch, "atomic_write_with", full)
+    with pytest.raises(ArchbenchError, match=r"No space left on device; free 170 MB there, set ARCHBENCH_CACHE"):
+        sources.load_cifar10(None)
+
+
+def test_where_file_locks_fail_the_download_goes_ahead_unlocked(served, monkeypatch, capsys):
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    assert len(sources.load_cifar10(None).y_test) == 20
+    assert "file locks do not work in" in capsys.readouterr().err
+    assert files_in(served[1]) == ["cifar10/cifar-10-python.tar.gz"]
 
 
 def test_platform_cache_folders(monkeypatch, tmp_path):
@@ -223,6 +281,9 @@ def test_platform_cache_folders(monkeypatch, tmp_path):
     assert fetch.user_cache_dir() == tmp_path / "Library" / "Caches" / "archbench"
     monkeypatch.setenv("ARCHBENCH_CACHE", "~/elsewhere")
     assert fetch.user_cache_dir() == tmp_path / "elsewhere"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARCHBENCH_CACHE", "relative")  # made absolute: it must not move with the working folder
+    assert fetch.user_cache_dir() == tmp_path / "relative"
 
 
 @pytest.mark.slow
@@ -246,4 +307,4 @@ def test_readme_first_command_in_a_fresh_folder_downloads_and_runs_end_to_end(se
     assert server.requests == 1 and "downloading" in p.stderr
     assert "Δ final accuracy (resnet18 − vgg19_bn)" in p.stdout
     assert (Path("runs") / "report.html").is_file()
-    assert files_in(cache) == ["cifar10", "cifar10/cifar-10-python.tar.gz"]
+    assert files_in(cache) == ["cifar10/cifar-10-python.tar.gz"]

@@ -64,3 +64,10 @@ def test_env_flags_an_unwritable_cache(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHBENCH_CACHE", str(tmp_path / "file" / "cache"))
     rows = env_lines(capsys)
     assert "NOT writable" in rows["cache"] and "is a file" in rows["cache"]
+
+
+def test_env_reports_an_unclear_offline_variable_instead_of_failing(capsys, monkeypatch):
+    monkeypatch.setenv("ARCHBENCH_OFFLINE", "maybe")
+    rows = env_lines(capsys)
+    assert rows["network"].startswith("unknown: ARCHBENCH_OFFLINE='maybe' is neither on nor off")
+    assert "torch" in rows

@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, help="default: the subset the runs were trained with")
     p.add_argument("--no-verify-data", dest="verify_data", action="store_false")
     p.add_argument("--offline", action="store_true", help="never download CIFAR-10 (also ARCHBENCH_OFFLINE=1)")
+    p.add_argument("--download", action="store_true", help="with --data-dir: download CIFAR-10 there if missing")
     p.add_argument("--out", type=Path, help="also write comparison.csv/.md here")
     p = sub.add_parser("env", help="versions, devices, where CIFAR-10 is and the cache: paste into a bug report")
     p.add_argument("--data-dir", help="report on this CIFAR-10 location instead of the search order")
@@ -374,7 +375,15 @@ def cmd_eval(args) -> int:
             )
         subset = subsets.pop()
     data = take_subsets(
-        load_cifar10(args.data_dir, offline=args.offline, verify=args.verify_data, with_train=False), None, subset
+        load_cifar10(
+            args.data_dir,
+            download_missing=args.download,
+            offline=args.offline,
+            verify=args.verify_data,
+            with_train=False,
+        ),
+        None,
+        subset,
     )
     device = resolve_device(args.device)
     results = [evaluate_run(d, data, device, write=False) for d in args.run_dirs]

@@ -87,7 +87,7 @@ def _cudnn_version(v: int) -> str:
 def version_line() -> str:
     """``archbench --version``: the release, and the commit when running from a checkout."""
     commit = git_commit()
-    return f"archbench {__version__}" + (f" (git {commit})" if commit else "")
+    return f"archbench {__version__}" + (f" (git {commit.replace(' (', ', ').rstrip(')')})" if commit else "")
 
 
 def _devices() -> list[str]:
@@ -129,7 +129,11 @@ def _cache_line() -> str:
 
 def machine_report(data_dir: str | None = None, download_missing: bool = False, offline: bool = False) -> list[str]:
     """``archbench env``: what a bug report needs, one fact per line."""
-    offline = offline or fetch.offline_from_env()
+    try:
+        offline = offline or fetch.offline_from_env()
+        network = "off (--offline or ARCHBENCH_OFFLINE)" if offline else "allowed for the CIFAR-10 download"
+    except ArchbenchError as e:  # reported, not fatal: the rest of the report is what the user needs
+        network = f"unknown: {e}"
     cuda = torch.version.cuda or "none (a CPU build)"
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -143,7 +147,7 @@ def machine_report(data_dir: str | None = None, download_missing: bool = False, 
         ("cuDNN", _cudnn_version(cudnn) if cudnn else "none"),
         ("devices", "; ".join(_devices())),
         ("CIFAR-10", _data_line(data_dir, download_missing, offline)),
-        ("network", "off (--offline or ARCHBENCH_OFFLINE)" if offline else "allowed for the CIFAR-10 download"),
+        ("network", network),
         ("cache", _cache_line()),
         (
             "trackers",

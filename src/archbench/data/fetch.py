@@ -3,13 +3,13 @@
 The archive is streamed into a temp file in the cache folder while its MD5 is computed,
 and renamed into place only when the MD5 matches the official one: a partial, damaged or
 substituted download (a proxy's error page, a captive portal) never counts as data, and
-nothing of it is left behind. While one process downloads, the cache folder is locked
-(flock on the folder itself, so no lock file is left), and a second process waits and
-then uses the first one's archive instead of downloading it again.
+nothing of it is left behind. While one process downloads it holds a lock file beside the
+archive (removed when done), and a second process waits and then uses the first one's
+archive instead of downloading it again.
 
-The cache is the platform's per-user cache folder, as the platformdirs package names it
-(``~/.cache/archbench`` on Linux, ``~/Library/Caches/archbench`` on macOS,
-``%LOCALAPPDATA%\\archbench\\Cache`` on Windows); ``ARCHBENCH_CACHE`` overrides it.
+The cache is the platform's per-user cache folder, named as the platformdirs package does
+(``~/.cache/archbench`` on Linux, ``~/Library/Caches/archbench`` on macOS); ``ARCHBENCH_CACHE``
+overrides it.
 ``ARCHBENCH_OFFLINE=1`` (or ``--offline``) forbids the network.
 """
 
@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import IO
 
 from archbench.errors import ArchbenchError
-from archbench.io_utils import atomic_write_with, make_dirs, os_error, remove_empty_dirs
+from archbench.io_utils import atomic_write_with, make_dirs, os_error
 
 CACHE_VAR = "ARCHBENCH_CACHE"
 OFFLINE_VAR = "ARCHBENCH_OFFLINE"
 URL_VAR = "ARCHBENCH_CIFAR10_URL"  # a mirror serving the official archive; its MD5 is still checked
 CACHE_SUBDIR = "cifar10"
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 16  # small enough for the progress bar to move on a slow link
 # Seconds without a byte from the server before the download is given up (not a limit on its length).
 STALL_TIMEOUT_S = 60
 
@@ -41,17 +41,18 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("", "0", "false", "no", "off")
 
 
+def print_err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def user_cache_dir() -> Path:
     """archbench's cache folder: ``$ARCHBENCH_CACHE``, else the platform's per-user cache."""
     named = os.environ.get(CACHE_VAR)
-    if named:
-        return Path(named).expanduser()
+    if named:  # made absolute: a relative one would move with the working folder
+        return Path(named).expanduser().absolute()
     home = Path.home()
     if sys.platform == "darwin":
         return home / "Library" / "Caches" / "archbench"
-    if sys.platform == "win32":
-        local = os.environ.get("LOCALAPPDATA")
-        return (Path(local) if local else home / "AppData" / "Local") / "archbench" / "Cache"
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".cache") / "archbench"
 
@@ -77,38 +78,52 @@ def archive_url(default: str) -> str:
     return os.environ.get(URL_VAR) or default
 
 
-def fetch(url: str, dest: Path, md5: str, *, quiet: bool = False, log: Callable[[str], None] | None = None) -> Path:
-    """Download ``url`` to ``dest`` unless it is there already; only a file with ``md5`` lands."""
-    log = log or _stderr
-    created = make_dirs(dest.parent)
+class DownloadError(ArchbenchError):
+    """The download itself failed: the network, the server, or a file that is not the archive."""
+
+
+def fetch(
+    url: str, dest: Path, md5: str, *, fix: str, quiet: bool = False, log: Callable[[str], None] = print_err
+) -> Path:
+    """Download ``url`` to ``dest`` unless it is there already; only a file with ``md5`` lands.
+
+    ``fix`` says what to do when ``dest``'s folder cannot hold the file (it names the setting
+    that chose the folder).
+    """
+    log(f"CIFAR-10 not found; downloading {url} into {dest.parent} (once; --offline forbids this)")
+    started = time.perf_counter()
     try:
-        with _folder_lock(dest.parent):
+        make_dirs(dest.parent)
+        with _download_lock(dest, log) as locked:
             if dest.is_file():  # another process fetched it while this one waited for the lock
+                log(f"another process downloaded {dest}; using it")
                 return dest
-            _remove_stale_temps(dest)
-            log(f"CIFAR-10 not found; downloading {url} into {dest.parent} (once; --offline forbids this)")
-            started = time.perf_counter()
-            response = _open(url)
-            with response:
+            if locked:  # no other download can be running: its temp files are leftovers of a killed one
+                _remove_stale_temps(dest)
+            with _open(url) as response:
                 size = _content_length(response)
                 atomic_write_with(dest, lambda f: _stream(response, f, url, md5, size, quiet))
-    except BaseException:
-        remove_empty_dirs(created)  # a failed download leaves the cache as it was
+    except DownloadError:
+        raise
+    except ArchbenchError as e:  # the folder or the file could not be made: keep the reason, name the fix
+        raise ArchbenchError(f"{str(e).split('; ')[0]}; {fix}") from e
+    except KeyboardInterrupt:
+        log("the download was interrupted; nothing of it was kept")
         raise
     seconds = time.perf_counter() - started
     log(f"downloaded {dest.stat().st_size / 1e6:.1f} MB in {seconds:.1f} s; its MD5 matches the official archive's")
     return dest
 
 
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def _source(url: str) -> str:
+    return f"{url} (from {URL_VAR})" if os.environ.get(URL_VAR) else url
 
 
-def _network_error(url: str, e: BaseException) -> ArchbenchError:
+def _network_error(url: str, e: BaseException) -> DownloadError:
     reason = getattr(e, "reason", None) or e
-    return ArchbenchError(
-        f"downloading CIFAR-10 from {url} failed ({type(e).__name__}: {reason}); check the network, or "
-        f"download cifar-10-python.tar.gz by hand and pass --data-dir (nothing was kept)"
+    return DownloadError(
+        f"downloading CIFAR-10 from {_source(url)} failed ({type(e).__name__}: {reason}); check the network "
+        f"(and the URL), or download cifar-10-python.tar.gz by hand and pass --data-dir (nothing was kept)"
     )
 
 
@@ -145,13 +160,13 @@ def _stream(response, f: IO[bytes], url: str, md5: str, size: int | None, quiet:
             done += len(chunk)
             bar(len(chunk))
     if size is not None and done != size:
-        raise ArchbenchError(
-            f"downloading CIFAR-10 from {url} ended after {done:,} of {size:,} bytes; the connection broke — "
+        raise DownloadError(
+            f"downloading CIFAR-10 from {_source(url)} ended after {done:,} of {size:,} bytes; the connection broke — "
             f"run the command again (nothing was kept)"
         )
     if digest.hexdigest() != md5:
-        raise ArchbenchError(
-            f"the file downloaded from {url} has MD5 {digest.hexdigest()}, not the official archive's {md5}; "
+        raise DownloadError(
+            f"the file downloaded from {_source(url)} has MD5 {digest.hexdigest()}, not the official archive's {md5}; "
             f"it is damaged or not CIFAR-10 (a proxy or login page can answer instead) — run the command again, "
             f"or download cifar-10-python.tar.gz by hand and pass --data-dir (nothing was kept)"
         )
@@ -165,29 +180,59 @@ def _progress(total: int | None, quiet: bool) -> Iterator[Callable[[int], object
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="CIFAR-10", leave=False) as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc="CIFAR-10", leave=False) as bar:
         yield bar.update
 
 
 @contextmanager
-def _folder_lock(folder: Path) -> Iterator[None]:
+def _download_lock(dest: Path, log: Callable[[str], None]) -> Iterator[bool]:
+    """Hold ``.NAME.lock`` beside ``dest`` while downloading; yields whether a lock is held.
+
+    A second process waits (and says so), then finds the archive. Where the file system has
+    no locks (some NFS or Lustre mounts), the download goes ahead unlocked: the atomic rename
+    still keeps the archive whole, two processes may just both download it.
+    """
     import fcntl  # POSIX; archbench's supported platforms are Linux and macOS
 
+    path = dest.parent / f".{dest.name}.lock"
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise os_error("create the lock file", path, e) from e
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"another archbench process is downloading CIFAR-10 into {dest.parent}; waiting for it")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            os.close(fd)
+            _unlink_quietly(path)
+            log(f"file locks do not work in {dest.parent} ({e.strerror}); downloading without one")
+            yield False
+            return
+        try:  # the holder before us removed the file before unlocking it: lock the new one
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError as e:
-        raise os_error("open the cache folder", folder, e, f"set {CACHE_VAR} to a writable folder") from e
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks while another process downloads
-        yield
+        yield True
     finally:
+        _unlink_quietly(path)  # while still holding it: a newcomer then locks a fresh file
         os.close(fd)
 
 
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
+
+
 def _remove_stale_temps(dest: Path) -> None:
-    """Temp files of downloads that were killed; safe under the folder lock (no download is running)."""
+    """Temp files of downloads that were killed."""
     for tmp in dest.parent.glob(f".{dest.name}.*.tmp"):
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        _unlink_quietly(tmp)

@@ -144,10 +144,11 @@ def find(data_dir: str | None) -> Found | None:
     return next((found for _, path in places if (found := detect(path))), None)
 
 
-def not_found(data_dir: str | None, offline: bool) -> ArchbenchError:
-    places, named = candidate_dirs(data_dir)
+def not_found(data_dir: str | None, offline: bool, download_missing: bool = False) -> ArchbenchError:
+    places, _ = candidate_dirs(data_dir)
     tried = "; ".join(f"{label} = {path.resolve()}" for label, path in places)
-    why = " and downloading is off (--offline or ARCHBENCH_OFFLINE)" if offline and not named else ""
+    off = offline and download_target(data_dir, download_missing) is not None
+    why = " and downloading is off (--offline or ARCHBENCH_OFFLINE)" if off else ""
     return ArchbenchError(f"CIFAR-10 not found (tried {tried}){why}; {HOW_TO_PROVIDE}")
 
 
@@ -167,9 +168,16 @@ def download_target(data_dir: str | None, download_missing: bool) -> Path | None
     return places[-1][1]
 
 
-def download(root: Path, *, quiet: bool = False) -> Found:
+def download(root: Path, *, named: bool, quiet: bool = False) -> Found:
     """Fetch the official archive into ``root`` (kept as the .tar.gz; read in place)."""
-    fetch.fetch(fetch.archive_url(OFFICIAL_URL), Path(root) / OFFICIAL_ARCHIVE, OFFICIAL_ARCHIVE_MD5, quiet=quiet)
+    room = "free 170 MB there"
+    fix = (
+        f"{room} or pass another --data-dir"
+        if named
+        else f"{room}, set {fetch.CACHE_VAR} to another folder, or pass --data-dir DIR --download"
+    )
+    dest = Path(root) / OFFICIAL_ARCHIVE
+    fetch.fetch(fetch.archive_url(OFFICIAL_URL), dest, OFFICIAL_ARCHIVE_MD5, fix=fix, quiet=quiet)
     found = detect(root)
     if not found:
         raise ArchbenchError(f"download into {root} finished but no CIFAR-10 was found there")
@@ -192,12 +200,21 @@ def load_cifar10(
         offline = offline or fetch.offline_from_env()
         target = download_target(data_dir, download_missing)
         if target is None or offline:
-            raise not_found(data_dir, offline)
-        found = download(target, quiet=quiet)
+            raise not_found(data_dir, offline, download_missing)
+        found = download(target, named=candidate_dirs(data_dir)[1], quiet=quiet)
     reader = {"npz-xz": read_npz_xz, "python-folder": read_python_folder, "python-archive": read_python_archive}[
         found.kind
     ]
-    data = reader(found.path, verify=verify, with_train=with_train)
+    try:
+        data = reader(found.path, verify=verify, with_train=with_train)
+    except ArchbenchError as e:
+        if found.path.parent != fetch.data_cache_dir():
+            raise
+        # "download it again" cannot happen by itself while a damaged copy sits in the cache.
+        raise ArchbenchError(
+            f"the downloaded copy in archbench's cache is damaged: {str(e).split('; ')[0]}; "
+            f"delete {found.path} and the next command downloads it again"
+        ) from e
     check_arrays(data)
     return data
 

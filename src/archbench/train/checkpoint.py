@@ -8,6 +8,7 @@ checkpoint cannot run code.
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +47,9 @@ def load(path: Path, map_location: str | torch.device = "cpu", mmap: bool = Fals
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except OSError as e:
-        if e.filename is not None:  # opening or reading the file failed, not decoding it
-            raise os_error("read", path, e, "check the file's permissions") from e
-        raise _unreadable(path, e) from e  # torch meets some truncated files as OSError(EINVAL), nameless
+        if e.filename is None and e.errno == errno.EINVAL:  # how torch meets some truncated files
+            raise _unreadable(path, e) from e
+        raise os_error("read", path, e, "check the file's permissions and the disk, then try again") from e
     except Exception as e:  # torch raises several types for truncated/garbled files
         raise _unreadable(path, e) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -202,18 +202,19 @@ class Run:
         model, opt, state = self._fresh()
         if _has_run_to_continue(self.run_dir, resume):
             state = self._restore(model, opt)
-        gradflow.sync(self.run_dir, gradflow.columns(model), state.gradflow)
         if state.epoch >= cfg.epochs:
+            gradflow.sync(self.run_dir, gradflow.columns(model), state.gradflow)
             history.sync(self.run_dir, state.records)
             self.log(
                 f"[{cfg.model}] finished run found in {self.run_dir} "
                 f"({state.epoch} epochs, best val {state.best_acc:.2f}%); reusing it"
             )
             return state
-        data = data_fn()  # before writing anything: bad data leaves no half-made run behind
+        data = data_fn()  # before writing anything, repairs included: a refused run is left as it was
         state.data = self.check_data(state, data)
         if cfg.val_split:
             data = hold_out_validation(data, cfg.val_split, cfg.seed)
+        gradflow.sync(self.run_dir, gradflow.columns(model), state.gradflow)
         history.sync(self.run_dir, state.records)
         write_json(cfg, self.run_dir / CONFIG_NAME)
         if state.epoch:
