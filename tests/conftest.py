@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -11,6 +12,11 @@ import numpy as np
 import pytest
 
 from archbench.data.sources import Cifar10
+
+# Before any test module imports mlflow: MLflow 3 starts a thread on import that fetches its
+# telemetry settings from the internet, unless this is set (tests never use the network).
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["DO_NOT_TRACK"] = "true"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

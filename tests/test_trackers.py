@@ -8,6 +8,7 @@ runs train the tests' tiny model for an epoch or two on a few synthetic images.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import sys
 from pathlib import Path
@@ -267,3 +268,58 @@ def test_a_damaged_trackers_file_is_refused_naming_it(tmp_path):
     (run_dir / IDS_NAME).write_text('{"mlflow": ["not", "ids"]}\n')
     with pytest.raises(ArchbenchError, match=rf"{IDS_NAME}.*delete {IDS_NAME}"):
         open_trackers(_cfg(tmp_path, mlflow="default"), run_dir, [])
+
+
+# ---------------------------------------------------------------- a tracker that fails
+
+
+def test_a_failed_last_log_is_caught_up_when_the_finished_run_is_reused(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    cfg = _cfg(tmp_path / "out", epochs=2, mlflow="default")
+    real = MlflowClient.log_batch
+    failed = []
+
+    def fail_once_at_epoch_2(self, run_id, metrics=(), **kw):
+        if not failed and any(m.step == 2 for m in metrics):
+            failed.append(1)
+            raise RuntimeError("store went away")
+        return real(self, run_id, metrics=metrics, **kw)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", fail_once_at_epoch_2)
+    with pytest.raises(ArchbenchError, match=r"^mlflow: could not log epoch 2 .*store went away"):
+        _train(cfg)
+    run_dir = Path(cfg.out) / cfg.model
+    assert len(history.read(run_dir)) == 2  # the run's own files are complete
+    run = _mlflow_run(run_dir, cfg)
+    assert run.info.status == "FAILED" and [s for s, _ in _history(_client(cfg), run.info.run_id, "val_acc")] == [1]
+    _train(cfg, resume=True)  # finished: reused, and its tracker catches up
+    run = _mlflow_run(run_dir, cfg)
+    assert run.info.status == "FINISHED" and [s for s, _ in _history(_client(cfg), run.info.run_id, "val_acc")] == [
+        1,
+        2,
+    ]
+
+
+def test_a_tracker_that_fails_to_close_costs_the_run_none_of_its_files(tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    def refuse(self, *a, **k):
+        raise RuntimeError("cannot end the run")
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", refuse)
+    cfg = _cfg(tmp_path / "out", epochs=2, mlflow="default")
+    with pytest.raises(ArchbenchError, match=r"^mlflow: could not end run"):
+        _train(cfg)
+    run_dir = Path(cfg.out) / cfg.model
+    assert [r["epoch"] for r in history.read(run_dir)] == [1, 2]
+    assert (run_dir / "last.pt").is_file() and (run_dir / "best.pt").is_file()
+
+
+def test_offline_keeps_the_trackers_off_the_network_too(tmp_path, monkeypatch):
+    from archbench.train.trackers import check_trackers
+
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY")
+    check_trackers(_cfg(tmp_path, wandb=True, mlflow="default", offline=True))
+    assert os.environ["WANDB_MODE"] == "offline" and os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"

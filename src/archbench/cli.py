@@ -89,7 +89,9 @@ def _training_flags() -> argparse.ArgumentParser:
         "file store at OUT/mlruns; put it after the model names, or write --mlflow=URI",
     )
     r.add_argument(
-        "--wandb", action="store_true", help="also log to Weights & Biases (WANDB_MODE=offline: RUN_DIR/wandb only)"
+        "--wandb",
+        action="store_true",
+        help="also log to Weights & Biases (WANDB_MODE=offline: no network, files under RUN_DIR/wandb)",
     )
     r.add_argument(
         "--grad-norms-per-epoch",

@@ -30,7 +30,7 @@ from archbench.train.epoch_writer import EpochFiles, EpochWriter, host_copy
 from archbench.train.gradflow import GradFlow
 from archbench.train.lock import run_lock
 from archbench.train.schedule import multistep_lr
-from archbench.train.trackers import check_trackers, close_trackers, log_epoch, open_trackers
+from archbench.train.trackers import catch_up, check_trackers, close_trackers, log_epoch, open_trackers
 from archbench.train.training import (
     adopt_optimizer_impl,
     build_model,
@@ -209,6 +209,7 @@ class Run:
                 f"[{cfg.model}] finished run found in {self.run_dir} "
                 f"({state.epoch} epochs, best val {state.best_acc:.2f}%); reusing it"
             )
+            catch_up(cfg, self.run_dir, state.records)
             return state
         data = data_fn()  # before writing anything, repairs included: a refused run is left as it was
         state.data = self.check_data(state, data)
@@ -231,6 +232,7 @@ class Run:
                 f"out {self.run_dir}"
             )
         writer = EpochWriter(self.run_dir, grads.names)
+        completed = False  # every planned epoch trained, saved and logged to every tracker
         try:
             for epoch in range(state.epoch, cfg.epochs):
                 record = self._epoch(model, opt, step, tally, pipe, exact, epoch, grads)
@@ -239,6 +241,8 @@ class Run:
                 log_epoch(trackers, record)
                 if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
                     self.log(summary_line(cfg.model, record, cfg.epochs))
+            writer.close()  # the run's own files land before any tracker is closed
+            completed = True
         except DivergenceError as e:
             writer.close(raise_errors=False)  # the last finite epoch lands before the outcome is recorded
             divergence.write(self.run_dir, cfg, e)
@@ -247,8 +251,7 @@ class Run:
             writer.close(raise_errors=False)  # the epochs already handed over still land
             raise
         finally:
-            close_trackers(trackers, finished=state.epoch >= cfg.epochs)
-        writer.close()
+            close_trackers(trackers, finished=completed)
         return state
 
     def _commit_epoch(self, writer: EpochWriter, model, opt, state: RunState, record: dict) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from archbench.config import MLFLOW_DEFAULT_STORE, Config
+from archbench.data.fetch import offline_from_env
 from archbench.errors import ArchbenchError
 from archbench.io_utils import atomic_write_text, read_json
 
@@ -70,6 +71,9 @@ def check_trackers(cfg: Config) -> None:
             f"--mlflow {cfg.mlflow!r} is a model name, not a tracking URI; put --mlflow after the model "
             f"names, or write --mlflow=URI"
         )
+    if cfg.offline or offline_from_env():  # --offline means no network, the trackers' included
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow 3 phones home on import
+        os.environ.setdefault("WANDB_MODE", "offline")
     for name in enabled(cfg):
         _import(name)
 
@@ -108,6 +112,8 @@ def mlflow_uri(cfg: Config) -> str:
     """The tracking URI ``cfg.mlflow`` means: ``default`` is a file store at OUT/mlruns."""
     if cfg.mlflow == MLFLOW_DEFAULT_STORE:
         return (Path(cfg.out).resolve() / "mlruns").as_uri()
+    if urlparse(cfg.mlflow).scheme == "":  # a path: one spelling per store, wherever the command runs
+        return Path(cfg.mlflow).resolve().as_uri()
     return cfg.mlflow
 
 
@@ -374,8 +380,27 @@ def open_trackers(cfg: Config, run_dir: Path, history: list[dict]) -> list[Track
 
 
 def log_epoch(trackers: list[Tracker], record: dict) -> None:
+    """Log ``record`` to every tracker; the first failure is raised after all were tried, so
+    one tracker's failure costs the others nothing."""
+    failure = None
     for t in trackers:
-        t.log_epoch(record)
+        try:
+            t.log_epoch(record)
+        except Exception as e:
+            failure = failure or e
+    if failure is not None:
+        raise failure
+
+
+def catch_up(cfg: Config, run_dir: Path, history: list[dict]) -> None:
+    """A finished run's trackers, when it is reused: MLflow gets the epochs it lacks (a log
+    that failed, or tracking turned on after training) and is marked finished; W&B gets a run
+    if it has none yet. (A W&B run that missed an epoch keeps the gap: W&B offers no way to
+    ask which steps it holds offline.)"""
+    names = [n for n in enabled(cfg) if n == "mlflow" or (n == "wandb" and "wandb" not in read_ids(run_dir))]
+    if names:
+        wanted = cfg.replace(tensorboard=False, wandb="wandb" in names)
+        close_trackers(open_trackers(wanted, run_dir, history), finished=True)
 
 
 def close_trackers(trackers: list[Tracker], finished: bool) -> None:
