@@ -154,27 +154,25 @@ def test_plot_regenerates_figures_from_history_alone(compared, tmp_path):
 @pytest.mark.slow
 @needs_sample
 def test_killed_run_resumes_to_completion(tmp_path):
+    """Through tests/fault_driver.py (no fault injected), which registers the tiny model."""
     out = tmp_path / "out"
-    args = ["train", "resnet18", "--epochs", 4, "--data-dir", SAMPLE_DIR, "--out", out, *SMALL]
+    args = ["train", "tiny", "--epochs", 4, "--data-dir", SAMPLE_DIR, "--out", out, *SMALL]
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "archbench", *map(str, args)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    hist = out / "resnet18" / "history.jsonl"
+    cmd = [sys.executable, str(REPO / "tests" / "fault_driver.py"), "none", *map(str, args)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hist = out / "tiny" / "history.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (hist.exists() and hist.read_text().count("\n") >= 1):
-        time.sleep(0.05)
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = hist.read_text().count("\n")
     assert 1 <= done_before < 4, "the run should have been killed part-way"
-    refused = archbench(*args, check=False)
+    refused = subprocess.run(cmd, env=env, capture_output=True, text=True)
     assert refused.returncode == 1 and "pass --resume" in refused.stderr
-    archbench(*args, "--resume")
-    lines = (out / "resnet18" / "history.csv").read_text().splitlines()
+    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    lines = (out / "tiny" / "history.csv").read_text().splitlines()
     assert [l.split(",")[0] for l in lines[1:]] == ["1", "2", "3", "4"]
 
 

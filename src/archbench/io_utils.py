@@ -63,7 +63,7 @@ def make_dirs(path: Path) -> list[Path]:
         for p in [path, *path.parents][::-1]:
             if p.is_dir():
                 continue
-            if p.exists():
+            if p.exists() and not p.is_dir():  # is_dir again: another process may have just made it
                 raise ArchbenchError(
                     f"could not create the folder {path}: {p} is a file, not a folder; {_FIXES[errno.ENOTDIR]}"
                 )
