@@ -40,3 +40,30 @@ SPEC = ModelSpec(NAME, Tiny, "8/16-channel CNN with batch norm and dropout (test
 
 def register() -> None:
     MODELS.setdefault(NAME, SPEC)
+
+
+class TinyTwin(nn.Module):
+    """A stem and one 3x3 conv-BN block, with (resnet) or without (plain) its identity
+    shortcut: a resnet/plain pair small enough to put through the landscape and H3 in seconds."""
+
+    def __init__(self, num_classes: int = 10, residual: bool = True):
+        super().__init__()
+        self.residual = residual
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(4)
+        )
+        self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        out = self.block(x)
+        x = (out + x if self.residual else out).relu()
+        return self.fc(self.pool(x).flatten(1))
+
+
+TWINS = {
+    "resnettiny": ModelSpec("resnettiny", lambda n=10: TinyTwin(n, True), "tiny net with a shortcut (tests only)"),
+    "plaintiny": ModelSpec("plaintiny", lambda n=10: TinyTwin(n, False), "resnettiny without it (tests only)"),
+}

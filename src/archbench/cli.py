@@ -1,4 +1,4 @@
-"""Command line: ``archbench models | train | compare | report | bench | eval | plot``.
+"""Command line: ``archbench models | train | compare | report | bench | eval | landscape | plot | env``.
 
 Flags only override: the config is defaults <- ``--config`` file <- flags, resolved and
 validated in ``config``. Errors a user can fix print one line and exit 1 (``--debug``
@@ -137,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds", type=int, nargs="+", metavar="K", help="train every model once per seed, into OUT/<model>/seed<K>/"
     )
+    p.add_argument(
+        "--landscape",
+        action="store_true",
+        help="after training, measure every run's loss landscape and curvature (archbench landscape, its defaults)",
+    )
     p = sub.add_parser("report", help="write report.md and report.html for a compare output folder")
     p.add_argument("out_dir", type=Path, help="the --out folder of archbench compare")
     p.add_argument(
@@ -170,16 +175,103 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="report on this CIFAR-10 location instead of the search order")
     p.add_argument("--download", action="store_true", help="as train's --download")
     p.add_argument("--offline", action="store_true", help="as train's --offline")
+    p = sub.add_parser(
+        "landscape",
+        help="loss surfaces, interpolations and Hessian curvature around runs' trained weights",
+        description="Measure the loss landscape of trained runs: 1-D/2-D surfaces along filter-normalized "
+        "random directions, the line from the initial weights (and between two seeds), and Hessian "
+        "curvature (top eigenvalues, trace). Results go to RUN_DIR/landscape/.",
+    )
+    p.add_argument("run_dirs", nargs="+", type=Path, help="run folders, or folders holding them (a compare --out)")
+    _landscape_flags(p)
+    p.add_argument("--out", type=Path, help="folder for the figures across runs (default: COMMON/landscape)")
+    p.add_argument("--data-dir", help="CIFAR-10 location (default: the runs' own, else the usual search)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
+    p.add_argument("--no-verify-data", dest="verify_data", action="store_false")
+    p.add_argument("--offline", action="store_true", help="never download CIFAR-10 (also ARCHBENCH_OFFLINE=1)")
+    p.add_argument("--download", action="store_true", help="with --data-dir: download CIFAR-10 there if missing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p = sub.add_parser("plot", help="redraw the plots of runs from their history files")
     p.add_argument("paths", nargs="+", type=Path, help="run folders, or folders holding run folders")
     p.add_argument("--out", type=Path, help="folder for the overlay plots (default: the runs' parent)")
     return parser
 
 
+def _landscape_flags(p: argparse.ArgumentParser) -> None:
+    from archbench.analysis.landscape import DEFAULTS, KINDS, WEIGHTS
+
+    gpu, cpu = DEFAULTS["cuda"], DEFAULTS["other"]
+    g = p.add_argument_group("what to measure (defaults: on a GPU / elsewhere)")
+    g.add_argument(
+        "--weights",
+        choices=WEIGHTS,
+        default="final",
+        help="final (default): the weights the verdicts judge (last epoch, or best-on-validation with "
+        "--val-split); best or last: that checkpoint",
+    )
+    g.add_argument("--kind", default="all", help=f"comma-separated, of {', '.join(KINDS)}; or all (default)")
+    g.add_argument(
+        "--resolution",
+        type=int,
+        metavar="N",
+        help=f"points per axis, odd ({gpu['resolution']} / {cpu['resolution']}); the 2-D grid has N×N",
+    )
+    g.add_argument("--span", type=float, default=1.0, help="grid over [-X, X] along each direction (default 1)")
+    g.add_argument(
+        "--images",
+        type=int,
+        metavar="N",
+        help=f"class-balanced training images the loss is taken on ({gpu['images']} / {cpu['images']})",
+    )
+    g.add_argument("--directions-seed", dest="seed", type=int, default=0, help="seed of directions and probes (0)")
+    g.add_argument(
+        "--eigenvalues",
+        type=int,
+        metavar="K",
+        help=f"top Hessian eigenvalues ({gpu['eigenvalues']} / {cpu['eigenvalues']})",
+    )
+    g.add_argument(
+        "--trace-samples",
+        type=int,
+        metavar="M",
+        help=f"Hutchinson probes of the trace ({gpu['trace_samples']} / {cpu['trace_samples']})",
+    )
+    g.add_argument("--density", action="store_true", help="also the Hessian eigenvalue density (stochastic Lanczos)")
+
+
+def landscape_settings(args: argparse.Namespace):
+    from archbench.analysis.landscape import KINDS, Settings
+
+    kinds = KINDS if args.kind.strip() == "all" else tuple(k.strip() for k in args.kind.split(",") if k.strip())
+    return Settings(
+        kinds=kinds,
+        weights=args.weights,
+        resolution=args.resolution,
+        span=args.span,
+        images=args.images,
+        seed=args.seed,
+        eigenvalues=args.eigenvalues,
+        trace_samples=args.trace_samples,
+        density=args.density,
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     file_values = load_file(args.config) if getattr(args, "config", None) else {}
     cfg = from_mapping(file_values, source=str(getattr(args, "config", "config")))
-    skip = {"config", "command", "debug", "resume", "model", "models", "pipelines", "synthetic", "json", "seeds"}
+    skip = {
+        "config",
+        "command",
+        "debug",
+        "resume",
+        "model",
+        "models",
+        "pipelines",
+        "synthetic",
+        "json",
+        "seeds",
+        "landscape",
+    }
     flags = {k: v for k, v in vars(args).items() if k not in skip}
     return from_mapping(flags, base=cfg, source="command line")
 
@@ -281,6 +373,15 @@ def cmd_compare(args) -> int:
     models = list(by_model)
     deltas = [accuracy_line(models[0], b, accuracy_evidence(by_model[models[0]], by_model[b])) for b in models[1:]]
     write_outputs(out, results, [r.run_dir for r in runs], protocol_note(runs[0].cfg), deltas)
+    if args.landscape:
+        from archbench.analysis.landscape import Settings, training_images
+
+        # compare's data is already cut to the runs' subsets; cutting it again keeps every image
+        def images(run_dir: Path, run_cfg: Config):
+            return training_images(run_dir, run_cfg, data())
+
+        measured = [r.run_dir for r, res in zip(runs, results) if res.last is not None]
+        measure_landscapes(measured, Settings(), images, runs[0].device, out / "landscape", cfg.quiet)
     report = write_report(out)
     log("\n" + table_markdown(results))
     for line in deltas:
@@ -450,6 +551,66 @@ def cmd_env(args) -> int:
     return 0
 
 
+def _training_images(data_dir, download: bool, offline: bool, verify: bool, quiet: bool) -> Callable:
+    """(run folder, its config) -> the images it trained on; CIFAR-10 read once per location."""
+    from archbench.analysis.landscape import training_images
+    from archbench.data.sources import load_cifar10
+
+    loaded: dict = {}
+
+    def get(run_dir: Path, cfg: Config):
+        where = data_dir or cfg.data_dir
+        if where not in loaded:
+            loaded[where] = load_cifar10(
+                where, download_missing=download, offline=offline or cfg.offline, verify=verify, quiet=quiet
+            )
+        return training_images(run_dir, cfg, loaded[where])
+
+    return get
+
+
+def measure_landscapes(run_dirs: list[Path], settings, images: Callable, device, out: Path | None, quiet: bool):
+    from archbench.analysis import landscape, landscape_study
+    from archbench.train.runner import progress
+
+    s = landscape.resolve(settings, device)
+    out = out or landscape_study.overlay_dir(run_dirs)
+    log(
+        f"landscape on {device}: {', '.join(s.kinds)}; {s.resolution} points per axis over ±{s.span:g}, "
+        f"{s.images} training images, {s.weights} weights, directions seed {s.seed}"
+    )
+
+    def bar(it, total, name):
+        return progress(it, total, f"landscape {name}", quiet)
+
+    started = time.perf_counter()
+    figures = landscape_study.measure_runs(run_dirs, s, images, device, out, log, bar)
+    folders = sorted({str(f.parent) for f in figures})
+    log(f"landscape took {time.perf_counter() - started:.1f} s; {len(figures)} figures in {', '.join(folders)}")
+
+
+def cmd_landscape(args) -> int:
+    from archbench.analysis.compare import MANIFEST_NAME
+    from archbench.analysis.report import write_report
+    from archbench.train.training import resolve_device
+
+    if args.out:
+        check_writable(args.out / "landscape_2d_shared.png")
+    settings = landscape_settings(args)
+    device = resolve_device(args.device)
+    from archbench.analysis.landscape import resolve
+
+    resolve(settings, device)  # bad values refused before any folder is read
+    run_dirs = _run_dirs(args.run_dirs)
+    images = _training_images(args.data_dir, args.download, args.offline, args.verify_data, args.quiet)
+    measure_landscapes(run_dirs, settings, images, device, args.out, args.quiet)
+    for p in args.run_dirs:
+        if (p / MANIFEST_NAME).is_file():  # a compare folder: its report gains the Landscape section
+            md, html = write_report(p)
+            log(f"Wrote {md} and {html}")
+    return 0
+
+
 COMMANDS = {
     "models": cmd_models,
     "train": cmd_train,
@@ -458,6 +619,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "eval": cmd_eval,
     "plot": cmd_plot,
+    "landscape": cmd_landscape,
     "env": cmd_env,
 }
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from archbench.analysis import stats
+from archbench.analysis import landscape, stats
 from archbench.analysis.compare import (
     FINAL_NAME,
     MANIFEST_NAME,
@@ -56,6 +56,8 @@ class RunData:
     metrics: dict
     predictions: dict[str, np.ndarray] | None
     flow: gradflow.Flow | None = None
+    landscape: dict | None = None  # landscape/landscape.json, when the run's landscape was measured
+    landscape_arrays: dict[str, np.ndarray] | None = None  # landscape/landscape.npz
 
     def final_correct(self) -> np.ndarray | None:
         """Per test image: did the judging weights (see ``Result.final``) classify it correctly?"""
@@ -77,7 +79,43 @@ def load_run(run_dir: Path) -> RunData:
     predictions = read_predictions(run_dir)
     _check_agreement(run_dir, cfg, records, result, predictions, divergence.read(run_dir))
     metrics = summarize(records, planned_epochs=cfg.epochs) if records else {}
-    return RunData(run_dir, cfg, result, records, metrics, predictions, gradflow.read(run_dir))
+    measured = landscape.read_results(run_dir)
+    info, arrays = measured if measured is not None else (None, None)
+    if info is not None:
+        _check_landscape(run_dir, cfg, result, info)
+        metrics.update(landscape_metrics(info, result))
+    return RunData(run_dir, cfg, result, records, metrics, predictions, gradflow.read(run_dir), info, arrays)
+
+
+def landscape_metrics(info: dict, result: Result) -> dict[str, float]:
+    """Curvature on a log scale (a ratio between models is what carries over between
+    settings); none for a diverged run, whose weights never finished the protocol, or for
+    a non-positive estimate, which has no log."""
+    h = info.get("hessian")
+    if not h or result.final is None:
+        return {}
+    out = {}
+    for key, value in (("hessian_ln_lambda_max", h["lambda_max"]), ("hessian_ln_trace", h["trace"])):
+        if isinstance(value, (int, float)) and value > 0:
+            out[key] = math.log(value)
+    return out
+
+
+def _check_landscape(run_dir: Path, cfg: Config, result: Result, info: dict) -> None:
+    """A landscape of another run, or of weights the run no longer ends with, is refused."""
+    where = landscape.folder_of(run_dir) / landscape.JSON
+    fix = f"run archbench landscape {run_dir} again"
+    if (info.get("model"), info.get("seed")) != (cfg.model, cfg.seed):
+        raise ArchbenchError(
+            f"{where} is of {info.get('model')} seed {info.get('seed')}, but {run_dir / CONFIG_NAME} of "
+            f"{cfg.model} seed {cfg.seed}; {fix}"
+        )
+    judged = {"best": result.best, "last": result.last}.get(str(info.get("weights")))
+    if judged is not None and judged.epoch != info.get("epoch"):
+        raise ArchbenchError(
+            f"{where} measured the {info.get('weights')} weights of epoch {info.get('epoch')}, but the run's "
+            f"{info.get('weights')} weights are now of epoch {judged.epoch}; {fix}"
+        )
 
 
 def _check_agreement(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from archbench.analysis import plots
+from archbench.analysis import landscape_plots, landscape_study, plots
 from archbench.analysis import verdicts as verdict_rules
 from archbench.analysis.classwise import calibration, confusion, per_class_accuracy
 from archbench.analysis.compare import selection_note, table_markdown
@@ -298,6 +298,100 @@ def _gradflow_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Bloc
     ]
 
 
+def _landscape_blocks(out_dir: Path, runs: dict[str, list[RunData]], differ: str | None) -> list[Block]:
+    """Surfaces on one scale, the curvature table and what the depth pairs show."""
+    with_landscape = {m: [r for r in rs if r.landscape is not None] for m, rs in runs.items()}
+    with_landscape = {m: rs for m, rs in with_landscape.items() if rs}
+    if not with_landscape:
+        return []
+    first = next(iter(with_landscape.values()))[0].landscape
+    st = first["settings"]
+    blocks: list[Block] = [
+        ("h2", "Landscape"),
+        (
+            "p",
+            f"Training loss around the {first['weights']} weights of each run, on {first['images']:,} "
+            f"class-balanced training images (no augmentation, batch norm in eval mode), along "
+            f"filter-normalized random directions (Li et al. 2018; directions seed {st['seed']}, "
+            f"{st['resolution']} points over ±{st['span']:g}); curvature from Hessian-vector products: top "
+            f"eigenvalues by Lanczos, the trace by Hutchinson's estimator ({st['trace_samples']} probes). "
+            f"Measured on {first['device']}.",
+        ),
+    ]
+    if differ is not None:
+        blocks.append(
+            (
+                "warnings",
+                [
+                    f"The runs' landscapes were measured differently ({differ}), so they are not compared and "
+                    f"H3 is left out; run archbench landscape on every run with the same settings."
+                ],
+            )
+        )
+    folder = out_dir / landscape_study.ls.FOLDER
+    firsts = {m: rs[0] for m, rs in with_landscape.items()}
+    surfaces = {
+        f"{m} seed {r.cfg.seed}": (r.landscape_arrays["axis"], r.landscape_arrays["loss_2d"])
+        for m, r in firsts.items()
+        if "loss_2d" in r.landscape_arrays
+    }
+    if surfaces and differ is None:
+        folder.mkdir(exist_ok=True)
+        blocks.append(
+            (
+                "img",
+                landscape_plots.plot_surfaces(surfaces, folder / "landscape_2d_shared.png"),
+                "Training loss over the plane of two filter-normalized directions, first seed of each model, "
+                "one log colour scale; the star marks the weights",
+            )
+        )
+    curves = {
+        f"{m} seed {r.cfg.seed}": (
+            r.landscape_arrays["interp_alpha"],
+            r.landscape_arrays["interp_loss"],
+            r.landscape_arrays["interp_acc"],
+        )
+        for m, r in firsts.items()
+        if "interp_loss" in r.landscape_arrays
+    }
+    if curves:
+        folder.mkdir(exist_ok=True)
+        blocks.append(
+            (
+                "img",
+                landscape_plots.plot_curves(
+                    curves, folder / "interp_overlay.png", "α: initial (0) → trained (1) weights", (0.0, 1.0)
+                ),
+                "Training loss on the straight line from each run's initial weights to its trained weights",
+            )
+        )
+    seeds = landscape_study.read_seed_lines(folder)
+    if seeds:
+        blocks.append(
+            (
+                "img",
+                landscape_study.draw_seed_lines(folder, seeds),
+                "Training loss on the straight line between two seeds' solutions of each model",
+            )
+        )
+    by_model = {m: [r.landscape for r in rs] for m, rs in with_landscape.items()}
+    blocks += [
+        ("table", landscape_study.CURVATURE_HEAD, landscape_study.curvature_rows(by_model)),
+        (
+            "p",
+            "Mean ± sd across seeds. λmax is the sharpest direction's curvature, the trace the total "
+            "curvature; lower is flatter. The loss rise is the mean of the 1-D slice's ends above its centre; the "
+            "non-convex share is the fraction of the 2-D grid where the surface curves down along some "
+            "direction; the barrier is how far the loss on the line from the initial weights rises above the "
+            "straight line between its ends.",
+        ),
+    ]
+    depth = landscape_study.depth_lines(by_model)
+    if depth:
+        blocks.append(("list", depth))
+    return blocks
+
+
 def _environment_blocks(manifest, runs: dict[str, list[RunData]], min_effect: float) -> list[Block]:
     env = manifest.environment
     cfg = next(iter(runs.values()))[0].cfg
@@ -339,7 +433,9 @@ def build(out_dir: Path, min_effect_pp: float | None = None) -> list[Block]:
     out_dir = Path(out_dir)
     manifest, runs = load(out_dir)
     min_effect = manifest.min_effect_pp if min_effect_pp is None else min_effect_pp
-    vs = verdict_rules.verdicts(runs, min_effect)
+    measured = [r.landscape for rs in runs.values() for r in rs if r.landscape is not None]
+    differ = landscape_study.settings_differ(measured) if measured else None
+    vs = verdict_rules.verdicts(runs, min_effect, with_curvature=differ is None)
     blocks: list[Block] = [("h1", f"archbench report: {' vs '.join(runs)}"), ("h2", "Verdicts")]
     blocks += _verdict_blocks(vs)
     warn = warnings(runs)
@@ -348,6 +444,7 @@ def build(out_dir: Path, min_effect_pp: float | None = None) -> list[Block]:
     blocks += _results_blocks(out_dir, runs)
     blocks += _curve_blocks(out_dir, runs)
     blocks += _gradflow_blocks(out_dir, runs)
+    blocks += _landscape_blocks(out_dir, runs, differ)
     blocks += _environment_blocks(manifest, runs, min_effect)
     blocks += [
         ("h2", "Rules"),

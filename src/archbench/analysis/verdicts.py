@@ -26,6 +26,14 @@ H2 is 'not applicable' and the accuracy difference is judged on its own. Otherwi
 contradicted if A has at least as many parameters or the accuracy test goes against A;
 supported if the accuracy test favours A; not shown otherwise. One seed per model shows
 nothing: the seed-to-seed spread is unknown.
+
+H3 (the identity path gives a smoother, flatter solution), a resnet vs its same-depth plain
+twin, judged when both have Hessian measurements (archbench landscape) taken with the same
+settings, paired by seed: the log of the top Hessian eigenvalue and the log of the Hessian
+trace at the judged weights (logs: curvature differs between models by factors, and a
+factor carries over between image subsets where a difference does not; the smallest
+effect of interest is a factor of 1.2). Contradicted if either test goes against A;
+supported if either favours A; not shown otherwise.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ SUPPORTED, CONTRADICTED, NOT_SHOWN, NOT_APPLICABLE = "supported", "contradicted"
 ALPHA = 0.05
 H1_TEXT = "H1: more stable, faster convergence"
 H2_TEXT = "H2: higher test accuracy with fewer parameters"
+H3_TEXT = "H3: the identity path gives a smoother, flatter solution"
 ACC_TEXT = "Final test accuracy"
 DEFAULT_MIN_EFFECT_PP = Config.min_effect  # smallest accuracy difference of interest, percentage points
 
@@ -51,6 +60,12 @@ CONVERGENCE = (
     ("phase1_train_loss_mean", "mean train loss, first LR phase", 0.02, "nats"),
 )
 STABILITY = (("phase1_val_acc_fluctuation", "val acc fluctuation around trend, first LR phase", 0.1, "pp"),)
+# H3 metrics (lower is better): natural logs, so 0.18 is a factor of 1.2.
+FLATNESS_MIN_FACTOR = 1.2
+FLATNESS = (
+    ("hessian_ln_lambda_max", "ln λmax (top Hessian eigenvalue)", math.log(FLATNESS_MIN_FACTOR), "ln units"),
+    ("hessian_ln_trace", "ln Hessian trace", math.log(FLATNESS_MIN_FACTOR), "ln units"),
+)
 
 
 @dataclass
@@ -77,7 +92,9 @@ class Test:
         if not math.isfinite(e.diff):
             return f"{self.label}: not available ({e.note})"
         p = "" if self.p_holm is None else f", Holm p = {self.p_holm:.3g}"
-        return f"{self.label}: {e.text(unit=self.unit)}{p}; smallest effect of interest {self.min_effect:g} {self.unit}"
+        return (
+            f"{self.label}: {e.text(unit=self.unit)}{p}; smallest effect of interest {self.min_effect:.3g} {self.unit}"
+        )
 
 
 @dataclass
@@ -117,6 +134,31 @@ def h1(a: list[RunData], b: list[RunData]) -> Verdict:
 
     v.decide = decide
     return v
+
+
+def h3(a: list[RunData], b: list[RunData]) -> Verdict:
+    v = Verdict(H3_TEXT, a[0].cfg.model, b[0].cfg.model)
+    v.tests = [Test(label, metric_difference(a, b, key), sesoi, unit, True) for key, label, sesoi, unit in FLATNESS]
+    for t, what in zip(v.tests, ("λmax", "trace")):
+        if math.isfinite(t.estimate.diff):  # the log difference read back as a factor
+            factor = math.exp(t.estimate.diff)
+            v.notes.append(f"{v.a}'s {what} is {factor:.3g}× {v.b}'s (geometric mean of the per-seed ratios)")
+    v.notes.append(f"{math.log(FLATNESS_MIN_FACTOR):.3g} ln units is a factor of {FLATNESS_MIN_FACTOR:g}")
+
+    def decide() -> None:
+        if any(t.favours(-1) for t in v.tests):
+            v.label = CONTRADICTED
+        elif any(t.favours(+1) for t in v.tests):
+            v.label = SUPPORTED
+        else:
+            v.label = NOT_SHOWN
+
+    v.decide = decide
+    return v
+
+
+def has_curvature(runs: list[RunData]) -> bool:
+    return any("hessian_ln_lambda_max" in r.metrics or "hessian_ln_trace" in r.metrics for r in runs)
 
 
 def _accuracy_test(a: list[RunData], b: list[RunData], min_effect: float) -> tuple[Test, list[str]]:
@@ -216,12 +258,17 @@ def pairs(models: list[str]) -> list[tuple[str, str, bool]]:
     return out
 
 
-def verdicts(runs: dict[str, list[RunData]], min_effect_pp: float = DEFAULT_MIN_EFFECT_PP) -> list[Verdict]:
-    """Every verdict the compared models allow, decided with one Holm correction over all their tests."""
+def verdicts(
+    runs: dict[str, list[RunData]], min_effect_pp: float = DEFAULT_MIN_EFFECT_PP, with_curvature: bool = True
+) -> list[Verdict]:
+    """Every verdict the compared models allow, decided with one Holm correction over all their tests.
+    ``with_curvature`` False leaves H3 out (landscapes measured with different settings)."""
     out: list[Verdict] = []
     for a, b, twin in pairs(list(runs)):
         out.append(h1(runs[a], runs[b]))
         out += h2(runs[a], runs[b], twin, min_effect_pp)
+        if twin and with_curvature and has_curvature(runs[a]) and has_curvature(runs[b]):
+            out.append(h3(runs[a], runs[b]))
     return decide_all(out)
 
 
