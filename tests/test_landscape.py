@@ -310,3 +310,21 @@ def test_landscape_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.strip() == "archbench: error: --resolution 4: must be an odd number ≥ 3"
     assert not (run_dir / "landscape").exists()
+
+
+def test_a_point_whose_loss_blows_up_is_kept_as_inf_and_not_measured_again(tmp_path):
+    calls = []
+
+    def measure(i):
+        calls.append(i)
+        return (float("nan"), 0.0) if i == (1,) else (float(i[0]), 50.0)
+
+    grids = ls.Grids(tmp_path / "p.npz", "k", print)
+    loss, _ = grids.fill("1d", (3,), measure, _no_bar)
+    assert loss.tolist() == [0.0, np.inf, 2.0] and len(calls) == 3
+    again = ls.Grids(tmp_path / "p.npz", "k", print)
+    loss, _ = again.fill("1d", (3,), measure, _no_bar)
+    assert len(calls) == 3 and np.isinf(loss[1])
+    other = ls.Grids(tmp_path / "p.npz", "another key", print)  # other settings or weights: measured anew
+    other.fill("1d", (3,), measure, _no_bar)
+    assert len(calls) == 6

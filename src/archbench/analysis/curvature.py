@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,7 +81,7 @@ class Hessian:
         """H v for a flat vector ``v``."""
         tangent = self.unflatten(v.to(dtype=self.dtype, device=self.device))
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), full_float32(self.device):
             # Torch may script its autograd decompositions on a process's first product and warn that
             # scripting is deprecated: its own internals, nothing a caller can act on.
             warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
@@ -89,6 +90,21 @@ class Hessian:
                 out.add_(self.flatten(hv).detach(), alpha=weight)
         self.matvecs += 1
         return out
+
+
+@contextmanager
+def full_float32(device: torch.device) -> Iterator[None]:
+    """TF32 off while products are taken on CUDA: its 10-bit mantissa adds ~1e-3 relative noise to
+    every product, as large as the solver's tolerance, and Lanczos needs a repeatable operator."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _as_operator(h: Hessian) -> LinearOperator:

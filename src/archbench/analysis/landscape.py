@@ -170,7 +170,7 @@ class Grids:
                 log(f"{self.path} is unreadable ({type(e).__name__}); measuring its points again")
                 same = False
             if same:
-                done = sum(int(np.isfinite(v).sum()) for k, v in self.arrays.items() if k.startswith("loss_"))
+                done = sum(int((~np.isnan(v)).sum()) for k, v in self.arrays.items() if k.startswith("loss_"))
                 log(f"continuing from {self.path}: {done} points already measured")
 
     def fill(
@@ -183,10 +183,10 @@ class Grids:
         """Measure every point of grid ``name`` not yet measured; returns (loss, acc)."""
         loss = self.arrays.setdefault(f"loss_{name}", np.full(shape, np.nan))
         acc = self.arrays.setdefault(f"acc_{name}", np.full(shape, np.nan))
-        todo = [i for i in np.ndindex(*shape) if not np.isfinite(loss[i])]
+        todo = [i for i in np.ndindex(*shape) if np.isnan(loss[i])]  # NaN: not measured yet
         for i in bar(iter(todo), len(todo), name):
             loss[i], acc[i] = measure(i)
-            if not np.isfinite(loss[i]):  # stored as a finite marker so a resume does not retry it forever
+            if not np.isfinite(loss[i]):  # a blown-up loss is stored as inf: measured, never retried
                 loss[i] = np.inf
             if time.monotonic() - self._saved_at > SAVE_EVERY_S:
                 self.save()
