@@ -17,6 +17,10 @@ from archbench.data.sources import Cifar10
 # telemetry settings from the internet, unless this is set (tests never use the network).
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ["DO_NOT_TRACK"] = "true"
+# Before any test imports Ray, which reads these once: every Ray process of the tests listens
+# on 127.0.0.1 only, and reports no usage statistics.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

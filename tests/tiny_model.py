@@ -7,6 +7,8 @@ trains an epoch of 40 images in a fraction of resnet18's time. It is registered 
 test processes (``register``), never in the package.
 """
 
+import time
+
 import torch.nn as nn
 
 from archbench.models.registry import MODELS, ModelSpec
@@ -67,3 +69,24 @@ TWINS = {
     "resnettiny": ModelSpec("resnettiny", lambda n=10: TinyTwin(n, True), "tiny net with a shortcut (tests only)"),
     "plaintiny": ModelSpec("plaintiny", lambda n=10: TinyTwin(n, False), "resnettiny without it (tests only)"),
 }
+
+
+class SlowTiny(Tiny):
+    """``Tiny`` that sleeps in every training step: slow enough to be interrupted mid-run on
+    purpose, with numbers identical to an unhurried copy of itself."""
+
+    STEP_SECONDS = 0.05
+
+    def forward(self, x):
+        if self.training:
+            time.sleep(self.STEP_SECONDS)
+        return super().forward(x)
+
+
+SLOW = ModelSpec("slowtiny", SlowTiny, "Tiny with a pause in each training step (tests only)")
+
+
+def register_all() -> None:
+    """Every test model, in a process that did not import the tests (a Ray worker)."""
+    for spec in (SPEC, SLOW, *TWINS.values()):
+        MODELS.setdefault(spec.name, spec)

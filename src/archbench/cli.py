@@ -8,6 +8,7 @@ shows the traceback).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 from archbench.config import MLFLOW_DEFAULT_STORE, Config, from_mapping, load_file
@@ -142,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after training, measure every run's loss landscape and curvature (archbench landscape, its defaults)",
     )
+    _executor_flags(p)
     p = sub.add_parser("report", help="write report.md and report.html for a compare output folder")
     p.add_argument("out_dir", type=Path, help="the --out folder of archbench compare")
     p.add_argument(
@@ -162,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pipelines", default="fast,reference", help="comma-separated (default fast,reference)")
     p.add_argument("--synthetic", action="store_true", help="random data of CIFAR-10's shape instead of CIFAR-10")
     p.add_argument("--json", type=Path, help="also write the results as JSON")
+    p.add_argument(
+        "--concurrent",
+        metavar="K,...",
+        help="instead: K runs of the --pipeline (default fast) training at once on the device, against one run "
+        "alone, e.g. 1,2,4,8 (to choose compare --executor ray --gpus-per-run)",
+    )
     p = sub.add_parser("eval", help="reload the best weights of runs and evaluate them on the test set")
     p.add_argument("run_dirs", nargs="+", type=Path)
     p.add_argument("--data-dir")
@@ -195,6 +204,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", type=Path, help="run folders, or folders holding run folders")
     p.add_argument("--out", type=Path, help="folder for the overlay plots (default: the runs' parent)")
     return parser
+
+
+def _executor_flags(p: argparse.ArgumentParser) -> None:
+    from archbench.scale.task import FILES_MODES
+
+    g = p.add_argument_group("executor: where the runs train (default: here, one after another)")
+    g.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local (default): one run after another in this process; ray: one Ray task per run, in parallel "
+        "(pip install -e '.[ray]')",
+    )
+    g.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="a running Ray cluster (host:port of 'ray start --head', or auto); default: a private Ray instance "
+        "on this machine, listening on 127.0.0.1 only",
+    )
+    g.add_argument(
+        "--gpus-per-run",
+        type=float,
+        metavar="F",
+        help="GPUs each run reserves; a fraction packs runs onto one GPU (0.25: four per GPU). Default: 1 where "
+        "the cluster has GPUs, else 0",
+    )
+    g.add_argument("--cpus-per-run", type=float, default=1.0, metavar="N", help="CPUs each run reserves (default 1)")
+    g.add_argument(
+        "--max-retries",
+        type=int,
+        default=3,
+        metavar="K",
+        help="times a run is retried after its worker or node is lost (default 3); errors you must fix are not retried",
+    )
+    g.add_argument(
+        "--ray-files",
+        choices=FILES_MODES,
+        default="auto",
+        help="auto (default): workers that see the --out folder (a shared filesystem) write runs there, others "
+        "send each finished run folder back; shared: require it; return: always send them back",
+    )
+    g.add_argument(
+        "--ray-setup",
+        metavar="MODULE.FUNCTION",
+        help="a function each Ray worker calls before its first run, e.g. one that registers your own models",
+    )
+
+
+def ray_options(args: argparse.Namespace):
+    from archbench.scale.ray_grid import RayOptions
+
+    return RayOptions(
+        address=args.ray_address,
+        gpus_per_run=args.gpus_per_run,
+        cpus_per_run=args.cpus_per_run,
+        max_retries=args.max_retries,
+        files=args.ray_files,
+        setup=args.ray_setup,
+    ).check()
 
 
 def _landscape_flags(p: argparse.ArgumentParser) -> None:
@@ -269,8 +337,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "pipelines",
         "synthetic",
         "json",
+        "concurrent",
         "seeds",
         "landscape",
+        "executor",
+        "ray_address",
+        "gpus_per_run",
+        "cpus_per_run",
+        "max_retries",
+        "ray_files",
+        "ray_setup",
     }
     flags = {k: v for k, v in vars(args).items() if k not in skip}
     return from_mapping(flags, base=cfg, source="command line")
@@ -317,24 +393,10 @@ def cmd_train(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from archbench.analysis.compare import (
-        Manifest,
-        RunRef,
-        evaluate_run,
-        protocol_note,
-        relative_dir,
-        table_markdown,
-        write_manifest,
-        write_outputs,
-    )
-    from archbench.analysis.environment import describe
-    from archbench.analysis.evidence import accuracy_evidence, accuracy_line, load
+    from archbench.analysis.compare import FailedRun, RunRef, evaluate_run, relative_dir
     from archbench.analysis.plots import plot_run
-    from archbench.analysis.report import write_report
-    from archbench.data.fingerprint import fingerprint
     from archbench.errors import DivergenceError
     from archbench.train.runner import Run
-    from archbench.train.trackers import log_comparison
 
     started = time.perf_counter()
     cfg = config_from_args(args)
@@ -342,19 +404,21 @@ def cmd_compare(args) -> int:
         if len(set(values)) != len(values):
             raise ArchbenchError(f"a {what} is named twice in {' '.join(map(str, values))}; name each once")
     out = Path(cfg.out)
-    runs = [
-        Run(cfg.replace(model=m), out / m, log)
-        if seed is None
-        else Run(cfg.replace(model=m, seed=seed), out / m / f"seed{seed}", log)
+    grid = [
+        (cfg.replace(model=m), out / m) if seed is None else (cfg.replace(model=m, seed=seed), out / m / f"seed{seed}")
         for m in args.models
         for seed in (args.seeds or [None])
     ]
     data = _data_loader(cfg)
-    recorded = [run.recorded_data() for run in runs]  # every run on these images, before any trains
-    if any(r is not None for r in recorded):
-        now = fingerprint(data())
-        for run, fp in zip(runs, recorded):
-            run.refuse_other_data(fp, now)
+    if args.executor == "ray":
+        from archbench.train.trackers import check_trackers
+
+        options = ray_options(args)  # bad values refused before the data is read
+        check_trackers(cfg)
+        _refuse_runs_on_other_data(grid, data)
+        return _compare_on_ray(args, cfg, grid, data, options, started)
+    runs = [Run(run_cfg, run_dir, log) for run_cfg, run_dir in grid]
+    _refuse_runs_on_other_data(grid, data)
     for run in runs:  # a finished run is reused, an unfinished one resumed, a diverged one counted
         try:
             run.train(data, resume=True)
@@ -362,17 +426,84 @@ def cmd_compare(args) -> int:
             log(f"{e}\n[{run.cfg.model}] divergence recorded as this run's outcome; the comparison goes on")
         plot_run(run.run_dir)
     results = [evaluate_run(run.run_dir, data(), run.device) for run in runs]
-    manifest = Manifest(
-        list(args.models),
-        [RunRef(r.cfg.model, r.cfg.seed, relative_dir(r.run_dir, out)) for r in runs],
-        cfg.min_effect,
-        describe(runs[0].device, data(), time.perf_counter() - started),
-    )
-    write_manifest(out, manifest)
+    refs = [RunRef(r.cfg.model, r.cfg.seed, relative_dir(r.run_dir, out)) for r in runs]
+    failed: list[FailedRun] = []
+    _finish_compare(args, cfg, (refs, results, failed), data, runs[0].device, None, started)
+    return 0
+
+
+def _refuse_runs_on_other_data(grid: list, data: Callable) -> None:
+    """Every run already begun must have trained on these images: checked before any trains."""
+    from archbench.data.fingerprint import fingerprint
+    from archbench.train.runner import recorded_data, refuse_other_data
+
+    recorded = [recorded_data(run_dir) for _, run_dir in grid]
+    if any(r is not None for r in recorded):
+        now = fingerprint(data())
+        for (_, run_dir), fp in zip(grid, recorded):
+            refuse_other_data(run_dir, fp, now)
+
+
+def _compare_on_ray(args, cfg: Config, grid: list, data: Callable, options, started: float) -> int:
+    from archbench.analysis.compare import FailedRun, RunRef, read_final, relative_dir
+    from archbench.scale.ray_grid import run_grid
+    from archbench.scale.task import DIVERGED, FAILED, INTERRUPTED
+    from archbench.train.training import resolve_device
+
+    out = Path(cfg.out)
+    outcomes = run_grid(grid, data(), out, options, log)
+    kept = [(c, d, o) for (c, d), o in zip(grid, outcomes) if o.status not in (FAILED, INTERRUPTED)]
+    failed = [
+        FailedRun(c.model, c.seed, relative_dir(d, out), o.message)
+        for (c, d), o in zip(grid, outcomes)
+        if o.status in (FAILED, INTERRUPTED)
+    ]
+    for c, _, o in kept:
+        if o.status == DIVERGED:
+            log(f"{o.message}\n[{c.model}] divergence recorded as this run's outcome; the comparison goes on")
+    if not kept:
+        raise ArchbenchError(f"every run of the grid failed ({_failures(failed)}); fix the cause and run compare again")
+    refs = [RunRef(c.model, c.seed, relative_dir(d, out)) for c, d, _ in kept]
+    results = [read_final(d) for _, d, _ in kept]
+    devices = sorted({o.device for _, _, o in kept if o.device})
+    where = f"{', '.join(devices) or 'runs reused'} (Ray: {len(grid)} runs as tasks)"
+    # the driver measures landscapes itself: on its own GPU if it has one
+    device = resolve_device("auto" if cfg.device == "cuda" else cfg.device)
+    _finish_compare(args, cfg, (refs, results, failed), data, device, where, started)
+    if failed:
+        raise ArchbenchError(
+            f"{len(failed)} of {len(grid)} runs failed ({_failures(failed)}); the report covers the other "
+            f"{len(kept)} — fix the cause and run the same compare again to add them (finished runs are reused)"
+        )
+    return 0
+
+
+def _failures(failed: list) -> str:
+    return "; ".join(f"{f.dir}: {(f.reason.strip().splitlines() or ['?'])[0]}" for f in failed)
+
+
+def _finish_compare(args, cfg: Config, grid_results: tuple, data: Callable, device, where, started: float) -> None:
+    """The compare folder's files from the runs' results: manifest, table, landscapes, report."""
+    from archbench.analysis.compare import Manifest, protocol_note, table_markdown, write_manifest, write_outputs
+    from archbench.analysis.environment import describe
+    from archbench.analysis.evidence import accuracy_evidence, accuracy_line, load
+    from archbench.analysis.report import write_report
+    from archbench.config import read_json
+    from archbench.train.runner import CONFIG_NAME
+    from archbench.train.trackers import log_comparison
+
+    refs, results, failed = grid_results
+    out = Path(cfg.out)
+    environment = describe(device, data(), time.perf_counter() - started)
+    if where is not None:
+        environment["device"] = where
+    models = [m for m in args.models if any(r.model == m for r in refs)]
+    write_manifest(out, Manifest(models, refs, cfg.min_effect, environment, failed))
+    run_dirs = [out / r.dir for r in refs]
     _, by_model = load(out)
-    models = list(by_model)
-    deltas = [accuracy_line(models[0], b, accuracy_evidence(by_model[models[0]], by_model[b])) for b in models[1:]]
-    write_outputs(out, results, [r.run_dir for r in runs], protocol_note(runs[0].cfg), deltas)
+    names = list(by_model)
+    deltas = [accuracy_line(names[0], b, accuracy_evidence(by_model[names[0]], by_model[b])) for b in names[1:]]
+    write_outputs(out, results, run_dirs, protocol_note(read_json(run_dirs[0] / CONFIG_NAME)), deltas)
     if args.landscape:
         from archbench.analysis.landscape import Settings, training_images
 
@@ -380,17 +511,16 @@ def cmd_compare(args) -> int:
         def images(run_dir: Path, run_cfg: Config):
             return training_images(run_dir, run_cfg, data())
 
-        measured = [r.run_dir for r, res in zip(runs, results) if res.last is not None]
-        measure_landscapes(measured, Settings(), images, runs[0].device, out / "landscape", cfg.quiet)
+        measured = [d for d, res in zip(run_dirs, results) if res.last is not None]
+        measure_landscapes(measured, Settings(), images, device, out / "landscape", cfg.quiet)
     report = write_report(out)
     log("\n" + table_markdown(results))
     for line in deltas:
         log(line)
     log(f"\nWrote {out / 'comparison.md'}, {out / 'comparison.csv'}, {report[0]}, {report[1]} and figures under {out}")
     log(f"compare took {time.perf_counter() - started:.1f} s (wall clock, data loading to report)")
-    for where in log_comparison(cfg, out, list(args.models), args.seeds):
-        log(f"Logged the comparison: {where}")
-    return 0
+    for where_logged in log_comparison(cfg, out, list(args.models), args.seeds):
+        log(f"Logged the comparison: {where_logged}")
 
 
 def cmd_report(args) -> int:
@@ -439,6 +569,8 @@ def cmd_bench(args) -> int:
         f"bench: {len(data.y_train)} train / {len(data.y_test)} test images ({data.source}), "
         f"{epochs} timed epoch(s) after 1 warm-up, on {device}"
     )
+    if args.concurrent:
+        return _bench_concurrent(args, cfg, data, epochs, device)
     results = []
     for model in args.models:
         for pipeline in pipelines:
@@ -455,6 +587,33 @@ def cmd_bench(args) -> int:
             args.json,
             {"torch": torch.__version__, "device": str(device), "config": cfg.to_dict(), "timed_epochs": epochs},
         )
+        log(f"\nWrote {args.json}")
+    return 0
+
+
+def _bench_concurrent(args, cfg: Config, data, epochs: int, device) -> int:
+    import torch
+
+    from archbench.scale import concurrent
+
+    counts = concurrent.parse_counts(args.concurrent)
+    rows = []
+    for model in args.models:
+        by_k = {}
+        for k in counts:
+            by_k[k] = concurrent.measure(cfg.replace(model=model), data, epochs, k)
+            each = ", ".join(f"{r.images_per_s:,.0f}" for r in by_k[k])
+            log(f"  {model} x{k} at once: {each} img/s")
+        rows += concurrent.summarize(model, by_k)
+    log("\n" + concurrent.table(rows))
+    for model in args.models:
+        log(concurrent.advice([r for r in rows if r.model == model], device.type == "cuda"))
+    if args.json:
+        meta = {"torch": torch.__version__, "device": str(device), "config": cfg.to_dict(), "timed_epochs": epochs}
+        from archbench.io_utils import atomic_write_text
+
+        body = {**meta, "concurrent": [asdict(r) for r in rows]}
+        atomic_write_text(args.json, json.dumps(body, indent=2) + "\n")
         log(f"\nWrote {args.json}")
     return 0
 

@@ -20,7 +20,7 @@ import json
 import os
 import zipfile
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -35,7 +35,7 @@ from archbench.errors import ArchbenchError
 from archbench.io_utils import atomic_write_bytes, atomic_write_text, os_error
 from archbench.io_utils import read_json as read_json_file
 from archbench.models import count_parameters, forward_flops_per_image
-from archbench.schema import PERCENT, TEXT, Fields, Kind, integer, number, one_of, or_null
+from archbench.schema import PERCENT, STRING, TEXT, Fields, Kind, integer, number, one_of, or_null
 from archbench.train import checkpoint, divergence
 from archbench.train.engine import evaluate
 from archbench.train.runner import CONFIG_NAME, exact_mask
@@ -289,6 +289,16 @@ class RunRef:
 
 
 @dataclass(frozen=True)
+class FailedRun:
+    """A run of the grid that ended without a result (under ``--executor ray``): left out, and said why."""
+
+    model: str
+    seed: int
+    dir: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class Manifest:
     """``comparison.json``: which runs this comparison is made of, in order, and how it was made."""
 
@@ -296,6 +306,7 @@ class Manifest:
     runs: list[RunRef]
     min_effect_pp: float  # smallest accuracy difference of interest
     environment: dict
+    failed: list[FailedRun] = field(default_factory=list)  # runs of the grid left out
 
     def run_dirs(self, out_dir: Path) -> list[Path]:
         return [Path(out_dir) / r.dir for r in self.runs]
@@ -307,6 +318,8 @@ def relative_dir(run_dir: Path, out_dir: Path) -> str:
 
 def write_manifest(out_dir: Path, manifest: Manifest) -> None:
     body = {"format": MANIFEST_FORMAT, **asdict(manifest)}
+    if not body["failed"]:
+        del body["failed"]  # written only when some run failed, so a complete comparison reads as before
     atomic_write_text(Path(out_dir) / MANIFEST_NAME, json.dumps(body, indent=2) + "\n")
 
 
@@ -344,13 +357,17 @@ def read_manifest(out_dir: Path) -> Manifest:
     models = f.each("models", TEXT)
     runs = [RunRef(r.get("model", TEXT), r.get("seed", integer(0)), r.get("dir", RUN_DIR)) for r in f.objects("runs")]
     min_effect = f.get("min_effect_pp", number(0))
+    failed = [
+        FailedRun(r.get("model", TEXT), r.get("seed", integer(0)), r.get("dir", RUN_DIR), r.get("reason", STRING))
+        for r in (f.objects("failed") if "failed" in f.data else [])  # absent when no run failed
+    ]
     env = f.sub("environment")
     environment = {k: env.get(k, kind) for k, kind in ENVIRONMENT.items()}
     f.require(len(set(models)) == len(models), "field 'models' names a model twice")
     f.require({r.model for r in runs} == set(models), "field 'runs' must hold runs of exactly the models listed")
     f.require(len({(r.model, r.seed) for r in runs}) == len(runs), "field 'runs' lists a model and seed twice")
     f.require(len({PurePosixPath(r.dir) for r in runs}) == len(runs), "field 'runs' lists a folder twice")
-    return Manifest(models, runs, min_effect, environment)
+    return Manifest(models, runs, min_effect, environment, failed)
 
 
 # ---------------------------------------------------------------- the study's table

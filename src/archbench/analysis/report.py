@@ -392,6 +392,17 @@ def _landscape_blocks(out_dir: Path, runs: dict[str, list[RunData]], differ: str
     return blocks
 
 
+def failure_warnings(manifest) -> list[str]:
+    """Runs of the grid that ended without a result: named, with the first line of why."""
+    out = []
+    for f in manifest.failed:
+        why = f.reason.strip().splitlines()[0] if f.reason.strip() else "no reason was given"
+        out.append(
+            f"{f.model} seed {f.seed} ({f.dir}) failed and is left out of every table, figure and verdict: {why}"
+        )
+    return out
+
+
 def _environment_blocks(manifest, runs: dict[str, list[RunData]], min_effect: float) -> list[Block]:
     env = manifest.environment
     cfg = next(iter(runs.values()))[0].cfg
@@ -438,7 +449,7 @@ def build(out_dir: Path, min_effect_pp: float | None = None) -> list[Block]:
     vs = verdict_rules.verdicts(runs, min_effect, with_curvature=differ is None)
     blocks: list[Block] = [("h1", f"archbench report: {' vs '.join(runs)}"), ("h2", "Verdicts")]
     blocks += _verdict_blocks(vs)
-    warn = warnings(runs)
+    warn = failure_warnings(manifest) + warnings(runs)
     if warn:
         blocks += [("warnings", warn)]
     blocks += _results_blocks(out_dir, runs)

@@ -42,6 +42,7 @@ from archbench.train.training import (
 
 CONFIG_NAME = "config.json"
 Log = Callable[[str], None]
+OnEpoch = Callable[[dict], None]
 
 
 def load_data(cfg: Config) -> Cifar10:
@@ -115,13 +116,14 @@ def _has_run_to_continue(run_dir: Path, resume: bool) -> bool:
 class Run:
     """One model trained under one config in one folder."""
 
-    def __init__(self, cfg: Config, run_dir: Path, log: Log = print):
+    def __init__(self, cfg: Config, run_dir: Path, log: Log = print, on_epoch: OnEpoch | None = None):
         self.device = resolve_device(cfg.device)
         self.cfg = resolve(cfg, self.device.type)
         check_device_options(self.cfg, self.device)
         check_trackers(self.cfg)  # a missing tracker package is refused before any folder is made
         self.run_dir = Path(run_dir)
         self.log = log
+        self.on_epoch = on_epoch  # each finished epoch's record, once it is handed to the writer
 
     # -- state ---------------------------------------------------------------
 
@@ -169,19 +171,10 @@ class Run:
         return now
 
     def refuse_other_data(self, recorded: dict[str, str] | None, now: dict[str, str]) -> None:
-        """Raise if the run recorded other data than ``now`` (older runs recorded none)."""
-        differ = [] if recorded is None else fingerprint.differences(recorded, now)
-        if differ:
-            raise ArchbenchError(
-                f"{self.run_dir} was trained on other data ({' and '.join(differ)} differ): "
-                f"{fingerprint.describe(recorded)} then, {fingerprint.describe(now)} now; pass the "
-                f"run's data with --data-dir, or choose another --out"
-            )
+        refuse_other_data(self.run_dir, recorded, now)
 
     def recorded_data(self) -> dict[str, str] | None:
-        """The data fingerprint in the run's last.pt, read without loading its tensors (None: no run yet)."""
-        path = self.run_dir / checkpoint.LAST
-        return checkpoint.load(path, "cpu", mmap=True).get("data") if path.exists() else None
+        return recorded_data(self.run_dir)
 
     # -- training ------------------------------------------------------------
 
@@ -239,6 +232,8 @@ class Run:
                 state.gradflow += grads.take(epoch + 1)
                 self._commit_epoch(writer, model, opt, state, record)
                 log_epoch(trackers, record)
+                if self.on_epoch is not None:
+                    self.on_epoch(record)
                 if epoch == 0 or (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs:
                     self.log(summary_line(cfg.model, record, cfg.epochs))
             writer.close()  # the run's own files land before any tracker is closed
@@ -345,6 +340,23 @@ class Run:
             "eval_seconds": ev["seconds"],
             "epoch_seconds": tr["seconds"] + ev["seconds"],
         }
+
+
+def refuse_other_data(run_dir: Path, recorded: dict[str, str] | None, now: dict[str, str]) -> None:
+    """Raise if the run in ``run_dir`` recorded other data than ``now`` (older runs recorded none)."""
+    differ = [] if recorded is None else fingerprint.differences(recorded, now)
+    if differ:
+        raise ArchbenchError(
+            f"{run_dir} was trained on other data ({' and '.join(differ)} differ): "
+            f"{fingerprint.describe(recorded)} then, {fingerprint.describe(now)} now; pass the "
+            f"run's data with --data-dir, or choose another --out"
+        )
+
+
+def recorded_data(run_dir: Path) -> dict[str, str] | None:
+    """The data fingerprint in a run's last.pt, read without loading its tensors (None: no run yet)."""
+    path = Path(run_dir) / checkpoint.LAST
+    return checkpoint.load(path, "cpu", mmap=True).get("data") if path.exists() else None
 
 
 def summary_line(model: str, r: dict, epochs: int) -> str:

@@ -1,0 +1,1 @@
+"""Spreading a compare's grid of runs over several processes, GPUs or machines (Ray)."""
