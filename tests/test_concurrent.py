@@ -69,3 +69,12 @@ def test_summary_and_advice_pick_the_k_with_the_most_images_per_second():
 def test_bad_counts_are_refused(text):
     with pytest.raises(ArchbenchError, match="give distinct whole numbers >= 1"):
         concurrent.parse_counts(text)
+
+
+def test_a_model_that_cannot_reach_another_process_is_one_line(monkeypatch, capsys):
+    spec = tiny_model.TWINS["resnettiny"]  # built by a lambda: pickle refuses it
+    monkeypatch.setitem(MODELS, spec.name, spec)
+    args = ["bench", spec.name, "--concurrent", "1", "--synthetic", "--device", "cpu", "--train-subset", "20"]
+    assert main([*args, "--test-subset", "20"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model 'resnettiny' cannot be sent to another process" in err[0]

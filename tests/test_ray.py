@@ -121,7 +121,7 @@ def test_the_grid_on_two_nodes_equals_a_local_compare(cluster, data_dir, local, 
     assert main(ray_args(cluster, data_dir, out)) == 0
     printed = capsys.readouterr().out
     assert "ray: 4 runs on 2 node(s) with 2 CPUs and 0 GPUs" in printed
-    assert "run folders written in place" in printed
+    assert "sent back" not in printed
     for run in RUNS:
         assert_same_run(out / run, local / run)
         assert f"{run}: [{run.split('/')[0]}] epoch   3/3" in printed  # each run's own log lines, labelled
@@ -143,6 +143,7 @@ def test_runs_sent_back_when_workers_do_not_share_the_folder(cluster, data_dir, 
     out = tmp_path / "out"
     assert main(ray_args(cluster, data_dir, out, "--ray-files", "return")) == 0
     printed = capsys.readouterr().out
+    assert "ray: every run folder is written in a temp folder and sent back here" in printed
     assert "in a temp folder, sent back when done" in printed
     for run in RUNS:
         assert f"{run}: " in printed and "landed in" in printed
@@ -259,19 +260,26 @@ def test_options_the_cluster_cannot_meet_are_refused_in_one_line(cluster, data_d
         (["--cpus-per-run", "4"], "--cpus-per-run 4: no node of the Ray cluster has that many CPUs"),
         (["--gpus-per-run", "1.5"], "--gpus-per-run 1.5: use 0, a fraction of one GPU"),
         (["--max-retries", "-1"], "--max-retries -1: use 0 or more"),
+        (
+            ["--ray-files", "return", "--mlflow"],
+            "is a store in this machine's files, which some Ray workers do not see",
+        ),
     ):
         assert main(ray_args(cluster, data_dir, out, *extra)) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], (extra, err)
     assert not list(out.rglob("history.jsonl")), "nothing trained"
+    assert not list(out.glob(".archbench-driver-*"))
 
 
-def test_without_ray_installed_the_executor_is_refused_in_one_line(data_dir, tmp_path, monkeypatch, capsys):
+def test_without_ray_installed_the_executor_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
-    assert main(["compare", *GRID, *HOW, "--data-dir", str(data_dir), "--out", str(tmp_path), "--executor", "ray"]) == 1
+    out = tmp_path / "out"
+    missing_data = tmp_path / "no-data"  # refused before the data is looked for
+    assert main(["compare", *GRID, *HOW, "--data-dir", str(missing_data), "--out", str(out), "--executor", "ray"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs Ray, which is not installed here: pip install -e '.[ray]'" in err[0]
-    assert not list(tmp_path.iterdir())
+    assert not out.exists()
 
 
 def test_run_folder_archives_keep_files_and_refuse_paths_outside(tmp_path):
@@ -297,3 +305,24 @@ def test_run_folder_archives_keep_files_and_refuse_paths_outside(tmp_path):
     with pytest.raises(ArchbenchError, match="'../escape', which is not a file inside it"):
         folders.unpack(buf.getvalue(), tmp_path / "copy")
     assert not (tmp_path / "escape").exists()
+
+
+def test_a_folder_sent_back_never_replaces_one_with_more_epochs_or_one_in_use(tmp_path):
+    from archbench.scale.ray_grid import _land_archive
+    from archbench.train.lock import run_lock
+
+    sent = tmp_path / "sent"
+    sent.mkdir()
+    (sent / "history.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    (sent / "last.pt").write_bytes(b"epoch 2")
+    archive = folders.pack(sent)
+    here = tmp_path / "out" / "tiny" / "seed0"
+    here.mkdir(parents=True)
+    (here / "history.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n')
+    (here / "last.pt").write_bytes(b"epoch 3")
+    assert "kept" in _land_archive(archive, here) and (here / "last.pt").read_bytes() == b"epoch 3"
+    with run_lock(here), pytest.raises(ArchbenchError, match="in use by another archbench process"):
+        _land_archive(archive, here)
+    (here / "history.jsonl").write_text('{"epoch": 1}\n')
+    assert "2 files" in _land_archive(archive, here)
+    assert (here / "last.pt").read_bytes() == b"epoch 2" and not (here / ".lock").exists()

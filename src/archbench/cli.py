@@ -253,9 +253,10 @@ def _executor_flags(p: argparse.ArgumentParser) -> None:
 
 
 def ray_options(args: argparse.Namespace):
-    from archbench.scale.ray_grid import RayOptions
+    """The checked Ray options, with Ray itself imported: a missing Ray is said before any work."""
+    from archbench.scale.ray_grid import RayOptions, import_ray
 
-    return RayOptions(
+    options = RayOptions(
         address=args.ray_address,
         gpus_per_run=args.gpus_per_run,
         cpus_per_run=args.cpus_per_run,
@@ -263,6 +264,8 @@ def ray_options(args: argparse.Namespace):
         files=args.ray_files,
         setup=args.ray_setup,
     ).check()
+    import_ray(options)
+    return options
 
 
 def _landscape_flags(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
+import queue
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from archbench.bench import BenchResult, bench_one
 from archbench.config import Config
@@ -20,6 +23,7 @@ from archbench.errors import ArchbenchError
 from archbench.models.registry import MODELS, ModelSpec
 
 START_TIMEOUT_S = 600.0  # for every process to import torch and reach the start line
+POLL_S = 5.0  # how often the parent checks that the K processes are still alive
 
 
 @dataclass
@@ -70,17 +74,13 @@ def measure(cfg: Config, data: Cifar10, epochs: int, k: int) -> list[BenchResult
     try:
         for p in procs:
             p.start()
-    except (
-        AttributeError,
-        TypeError,
-        ValueError,
-    ) as e:  # how pickle refuses a model built by a lambda or a local class
+    except (pickle.PicklingError, AttributeError, TypeError) as e:  # a model built by a lambda or a local class
         raise ArchbenchError(
             f"bench --concurrent: model {cfg.model!r} cannot be sent to another process ({e}); define its "
             f"constructor at the top level of an importable module"
         ) from e
     try:
-        got = [results.get(timeout=START_TIMEOUT_S + 3600) for _ in procs]
+        got = [_next_result(results, procs, k) for _ in procs]
     finally:
         for p in procs:
             p.join(timeout=10)
@@ -90,6 +90,20 @@ def measure(cfg: Config, data: Cifar10, epochs: int, k: int) -> list[BenchResult
     if errors:
         raise ArchbenchError(f"bench --concurrent {k}: a run failed ({errors[0]})")
     return [BenchResult(**fields) for _, fields in got]
+
+
+def _next_result(results, procs: list, k: int) -> tuple[str, Any]:
+    """The next result a process reports; an error as soon as one dies without reporting."""
+    while True:
+        try:
+            return results.get(timeout=POLL_S)
+        except queue.Empty:
+            dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                raise ArchbenchError(
+                    f"bench --concurrent {k}: a run's process died (exit code {dead[0]}; out of memory?); "
+                    f"try fewer runs at once"
+                ) from None
 
 
 def summarize(model: str, by_k: dict[int, list[BenchResult]]) -> list[ConcurrentResult]:

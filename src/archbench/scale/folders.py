@@ -59,5 +59,27 @@ def unpack(archive: bytes, run_dir: Path) -> int:
     return len(files)
 
 
+HISTORY = "history.jsonl"
+
+
+def _epochs(text: bytes) -> int:
+    return sum(1 for line in text.splitlines() if line.strip())
+
+
+def epochs_in(archive: bytes) -> int:
+    """Epochs recorded in an archived run folder's history (0: none)."""
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r") as tar:
+        try:
+            f = tar.extractfile(HISTORY)
+        except KeyError:
+            return 0
+        return 0 if f is None else _epochs(f.read())
+
+
+def epochs_on_disk(run_dir: Path) -> int:
+    path = Path(run_dir) / HISTORY
+    return _epochs(path.read_bytes()) if path.is_file() else 0
+
+
 def size_text(n_bytes: int) -> str:
     return f"{n_bytes / 2**20:.1f} MiB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.0f} KiB"

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from archbench.config import Config
@@ -67,7 +67,13 @@ def _fits_gpu(g: float) -> bool:
     return g <= 1 or float(g).is_integer()
 
 
-def import_ray():
+def import_ray(options: RayOptions):
+    """Ray, imported after setting what a private instance needs (Ray reads it on import)."""
+    if options.address is None:
+        # A private instance serves this machine only: it listens on 127.0.0.1 and reports no
+        # usage statistics, unless the user's environment says otherwise.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
     except ImportError as e:
@@ -78,14 +84,13 @@ def import_ray():
 @contextmanager
 def ray_session(options: RayOptions) -> Iterator:
     """Ray, connected to ``options.address`` or to a private instance on this machine."""
-    if options.address is None:
-        # A private instance serves this machine only: it listens on 127.0.0.1 and reports no
-        # usage statistics, unless the user's environment says otherwise. Ray reads both when
-        # it is first imported.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray = import_ray()
+    ray = import_ray(options)
     if ray.is_initialized():  # the caller's own session (a notebook, a script): used and left running
+        if options.address or options.setup:
+            raise ArchbenchError(
+                "Ray is already initialized in this process, so the Ray address and worker set-up cannot be "
+                "applied; leave them out, or call ray.shutdown() first"
+            )
         yield ray
         return
     runtime_env = {"worker_process_setup_hook": options.setup} if options.setup else None
@@ -211,6 +216,7 @@ def run_grid(
     """
     options.check()
     out = Path(out).resolve()
+    grid = [(for_workers(cfg, out), run_dir) for cfg, run_dir in grid]
     make_dirs(out)
     with ray_session(options) as ray:
         cpus, gpus = reservation(ray, options, grid[0][0])
@@ -218,12 +224,35 @@ def run_grid(
         marker = out / f"{MARKER_PREFIX}{token}"
         atomic_write_text(marker, token)
         try:
-            ship = options.files == "return" or (
-                options.files == "auto" and _nodes_missing_the_folder(ray, marker, token) > 0
-            )
+            missing = _nodes_missing_the_folder(ray, marker, token) if options.files == "auto" else 0
+            ship = options.files == "return" or missing > 0
+            if ship:
+                _refuse_stores_on_this_machine(grid[0][0])
+            if options.files == "return":
+                log("ray: every run folder is written in a temp folder and sent back here")
+            elif missing:
+                log(f"ray: {missing} node(s) do not see {out}: their runs are sent back here when they end")
             return _run(ray, grid, data, out, options, (cpus, gpus), (marker, token, ship), log, on_event)
         finally:
             marker.unlink(missing_ok=True)
+
+
+def for_workers(cfg: Config, out: Path) -> Config:
+    """``cfg`` with its paths absolute, as the driver means them: a worker's working folder is another."""
+    from archbench.train.trackers import mlflow_uri
+
+    cfg = cfg.replace(out=str(out))
+    return cfg.replace(mlflow=mlflow_uri(cfg)) if cfg.mlflow else cfg
+
+
+def _refuse_stores_on_this_machine(cfg: Config) -> None:
+    from archbench.train.trackers import store_on_this_machine
+
+    if cfg.mlflow and store_on_this_machine(cfg.mlflow):
+        raise ArchbenchError(
+            f"--mlflow {cfg.mlflow} is a store in this machine's files, which some Ray workers do not see; "
+            f"use an MLflow tracking server (--mlflow http://...), or an --out every node shares"
+        )
 
 
 def _run(ray, grid, data, out: Path, options: RayOptions, share, where, log, on_event) -> list[Outcome]:
@@ -234,10 +263,14 @@ def _run(ray, grid, data, out: Path, options: RayOptions, share, where, log, on_
     log(
         f"ray: {len(grid)} runs on {nodes} node(s) with {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; "
         f"each run reserves {cpus:g} CPU(s) and {gpus:g} GPU(s); a lost worker is retried up to "
-        f"{options.max_retries} times; run folders " + ("sent back to the driver" if ship else "written in place")
+        f"{options.max_retries} times"
     )
     data_ref = ray.put(data)
-    progress = ray.remote(Progress).options(num_cpus=0).remote()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # on the driver's own node: losing a worker node must not lose the progress of the others
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    progress = ray.remote(Progress).options(num_cpus=0, scheduling_strategy=here, max_restarts=-1).remote()
     task = ray.remote(run_job).options(
         num_cpus=cpus, num_gpus=gpus, max_retries=options.max_retries, retry_exceptions=False
     )
@@ -250,51 +283,91 @@ def _run(ray, grid, data, out: Path, options: RayOptions, share, where, log, on_
         jobs[task.remote(job, data_ref, progress)] = job
     display = Display(log, sum(cfg.epochs for cfg, _ in grid), grid[0][0].quiet)
     outcomes: dict[str, Outcome] = {}
-    pending = list(jobs)
+    pending: list = list(jobs)
+    ready: list = []  # tasks that ended, their outcomes not yet taken in
     try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
+        while pending or ready:
+            if not ready:
+                ready, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
             _show(ray, progress, display, on_event)
-            for ref in done:
-                outcomes[jobs[ref].label] = _land(ray, ref, jobs[ref], display)
+            while ready:
+                outcomes[jobs[ready[0]].label] = _land(ray, ready[0], jobs[ready[0]], display)
+                ready.pop(0)
     except BaseException:
-        _cancel(ray, pending, jobs, display)
+        _cancel(ray, ready + pending, jobs, display)  # the ended ones too: their folders still land
         raise
     finally:
-        _show(ray, progress, display, on_event)
+        _show(ray, progress, display, None)
         display.close()
     return [outcomes[job.label] for job in jobs.values()]
 
 
 def _show(ray, progress, display: Display, on_event) -> None:
-    for label, kind, payload in ray.get(progress.drain.remote()):
+    try:
+        events = ray.get(progress.drain.remote())
+    except ray.exceptions.RayError as e:  # the mailbox restarts; the runs and their outcomes go on
+        display.log(f"ray: some progress reports were lost ({type(e).__name__}); the runs go on")
+        return
+    for label, kind, payload in events:
         display.event(label, kind, payload)
         if on_event is not None:
             on_event(label, kind, payload)
 
 
-def _land(ray, ref, job: Job, display: Display) -> Outcome:
-    """A finished task's outcome; a run folder it sent back is written into the compare folder."""
-    try:
-        outcome = ray.get(ref)
-    except ray.exceptions.TaskCancelledError:
-        outcome = Outcome(job.label, INTERRUPTED, "cancelled before it started", None, "", "")
-    except ray.exceptions.RayError as e:  # every attempt's worker or node was lost
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        outcome = Outcome(
+def _lost(ray, job: Job, e: Exception) -> Outcome:
+    """The outcome of a task that never returned one."""
+    if isinstance(e, ray.exceptions.RayTaskError) and getattr(e, "cause", None) is not None:
+        # raised on the worker outside archbench's own handling (its set-up, its arguments): not retried
+        text = str(e.cause).strip()
+        why = f"{type(e.cause).__name__}: {text.splitlines()[0] if text else ''}"
+        return Outcome(
             job.label,
             FAILED,
-            f"its worker was lost in every attempt ({type(e).__name__}: {first}); finished epochs are kept — "
-            f"run the same compare again to continue it",
+            f"the task failed on its worker ({why}); check that archbench is installed there, in the same version",
             None,
             "",
             "",
         )
+    return Outcome(
+        job.label,
+        FAILED,
+        f"its worker or node was lost in every attempt ({type(e).__name__}); finished epochs are kept — "
+        f"run the same compare again to continue it",
+        None,
+        "",
+        "",
+    )
+
+
+def _land(ray, ref, job: Job, display: Display) -> Outcome:
+    """A finished task's outcome; a run folder it sent back is written into the compare folder,
+    unless that folder holds more epochs than the one sent back."""
+    try:
+        outcome = ray.get(ref)
+    except ray.exceptions.TaskCancelledError:
+        outcome = Outcome(job.label, INTERRUPTED, "cancelled before it started", None, "", "")
+    except ray.exceptions.RayError as e:
+        outcome = _lost(ray, job, e)
     if outcome.archive:
-        n = folders.unpack(outcome.archive, Path(job.run_dir))
-        display.log(f"{job.label}: {n} files ({folders.size_text(len(outcome.archive))}) landed in {job.run_dir}")
+        try:
+            display.log(f"{job.label}: {_land_archive(outcome.archive, Path(job.run_dir))}")
+        except (ArchbenchError, OSError) as e:
+            why = str(e) if isinstance(e, ArchbenchError) else f"{type(e).__name__}: {e}"
+            outcome = replace(outcome, status=FAILED, message=f"its run folder could not land: {why}")
     display.outcome(outcome)
     return outcome
+
+
+def _land_archive(archive: bytes, run_dir: Path) -> str:
+    from archbench.train.lock import run_lock
+
+    make_dirs(run_dir)
+    with run_lock(run_dir):  # no other archbench process is writing the folder meanwhile
+        here, there = folders.epochs_on_disk(run_dir), folders.epochs_in(archive)
+        if here > there:
+            return f"kept {run_dir} ({here} epochs): the folder sent back holds {there}"
+        n = folders.unpack(archive, run_dir)
+    return f"{n} files ({folders.size_text(len(archive))}) landed in {run_dir}"
 
 
 def _cancel(ray, pending: list, jobs: dict, display: Display) -> None:

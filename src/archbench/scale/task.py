@@ -112,7 +112,9 @@ def run_job(job: Job, data: Cifar10, progress) -> Outcome:
         return Outcome(job.label, FAILED, message, None, where, "")
     progress.put.remote(job.label, "start", {"where": where, "pid": os.getpid(), "shared": shared})
     temp = None if shared else tempfile.mkdtemp(prefix="archbench-run-")
-    run_dir = Path(job.run_dir) if temp is None else Path(temp) / "run"
+    run_dir = Path(job.run_dir) if temp is None else Path(temp) / job.label
+    if temp is not None:
+        cfg = cfg.replace(out=temp)  # so trackers name the run by its folder (resnet18/seed1), as in place
     try:
         if temp is not None:
             folders.unpack(ray.get(job.start[0]), run_dir)
@@ -121,11 +123,10 @@ def run_job(job: Job, data: Cifar10, progress) -> Outcome:
         return Outcome(job.label, status, message, None if shared else folders.pack(run_dir), where, device)
     except KeyboardInterrupt:  # the driver cancelled the task: its finished epochs are kept
         return Outcome(job.label, INTERRUPTED, "cancelled", None if shared else folders.pack(run_dir), where, "")
-    except ArchbenchError as e:
-        return Outcome(job.label, FAILED, str(e), None if shared else folders.pack(run_dir), where, "")
+    except ArchbenchError as e:  # nothing is sent back: the driver's copy of the folder stays as it is
+        return Outcome(job.label, FAILED, str(e), None, where, "")
     except Exception as e:  # a bug, not a lost worker: reported with its traceback, not retried
-        text = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
-        return Outcome(job.label, FAILED, text, None if shared else folders.pack(run_dir), where, "")
+        return Outcome(job.label, FAILED, f"{type(e).__name__}: {e}\n{traceback.format_exc()}", None, where, "")
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)

@@ -117,6 +117,11 @@ def mlflow_uri(cfg: Config) -> str:
     return cfg.mlflow
 
 
+def store_on_this_machine(uri: str) -> bool:
+    """Whether an MLflow store lives in this machine's files (a folder, or an SQLite file)."""
+    return _is_file_store(uri) or urlparse(uri).scheme.split("+")[0] == "sqlite"
+
+
 def _is_file_store(uri: str) -> bool:
     scheme = urlparse(uri).scheme
     return scheme in ("", "file") or len(scheme) == 1  # a bare path, file:..., or C:\... on Windows
