@@ -209,6 +209,37 @@ def test_a_killed_worker_is_retried_and_the_run_resumes_to_the_same_history(clus
         assert_same_run(out / f"slowtiny/seed{s}", reference / f"slowtiny/seed{s}")
 
 
+def test_a_lost_node_is_replaced_by_another_and_the_run_resumes_to_the_same_history(cluster, slow_reference, tmp_path):
+    reference, data = slow_reference
+    out = tmp_path / "out"
+    head = cluster.head_node.node_id
+    events, removed = [], []
+
+    def remove_its_node(label, kind, payload):
+        events.append((label, kind, payload))
+        starts = {lbl: p for lbl, k, p in events if k == "start"}
+        if kind == "epoch" and payload["epoch"] >= 2 and not removed and starts[label]["node"] != head:
+            victim = next(n for n in cluster.list_all_nodes() if n.node_id == starts[label]["node"])
+            cluster.remove_node(victim)  # its raylet and workers die, as when a machine goes away
+            removed.append(label)
+
+    options = RayOptions(address=cluster.address, max_retries=2, setup=SETUP)
+    try:
+        outcomes = run_grid(slow_grid(out), data, out, options, log=lambda line: None, on_event=remove_its_node)
+    finally:
+        if len(cluster.list_all_nodes()) < 2:
+            cluster.add_node(num_cpus=1)  # the next tests' two nodes
+            cluster.wait_for_nodes()
+    assert removed, "no run was on the worker node past its second epoch"
+    assert [o.status for o in outcomes] == [FINISHED, FINISHED]
+    label = removed[0]
+    starts = [p for lbl, k, p in events if lbl == label and k == "start"]
+    assert len(starts) == 2 and starts[1]["node"] == head, "retried on the node that is left"
+    assert any(lbl == label and k == "log" and "resuming" in p for lbl, k, p in events)
+    for s in (0, 1):
+        assert_same_run(out / f"slowtiny/seed{s}", reference / f"slowtiny/seed{s}")
+
+
 def test_ctrl_c_cancels_the_tasks_and_a_later_compare_resumes_them(cluster, slow_reference, tmp_path):
     reference, data = slow_reference
     out = tmp_path / "out"

@@ -110,7 +110,8 @@ def run_job(job: Job, data: Cifar10, progress) -> Outcome:
             f"{where} does not see {Path(job.marker).parent}, which every node did at the start; use --ray-files return"
         )
         return Outcome(job.label, FAILED, message, None, where, "")
-    progress.put.remote(job.label, "start", {"where": where, "pid": os.getpid(), "shared": shared})
+    node = ray.get_runtime_context().get_node_id()
+    progress.put.remote(job.label, "start", {"where": where, "pid": os.getpid(), "node": node, "shared": shared})
     temp = None if shared else tempfile.mkdtemp(prefix="archbench-run-")
     run_dir = Path(job.run_dir) if temp is None else Path(temp) / job.label
     if temp is not None:
