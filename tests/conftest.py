@@ -36,8 +36,8 @@ needs_real = pytest.mark.skipif(
 
 
 # Fixtures that train real models end to end (a compare of several models and seeds, a
-# resnet18 run big enough to fill a disk): every test using one is slow.
-SLOW_FIXTURES = {"compared", "smoke", "uninterrupted_resnet18"}
+# resnet18 run big enough to fill a disk) or start a Ray cluster: every test using one is slow.
+SLOW_FIXTURES = {"compared", "smoke", "uninterrupted_resnet18", "cluster"}
 
 
 def pytest_collection_modifyitems(items):

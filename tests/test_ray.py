@@ -299,6 +299,7 @@ def test_options_the_cluster_cannot_meet_are_refused_in_one_line(cluster, data_d
         assert main(ray_args(cluster, data_dir, out, *extra)) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0], (extra, err)
+        assert not out.exists() or extra[-1] == "--mlflow", "a refusal leaves no folder behind"
     assert not list(out.rglob("history.jsonl")), "nothing trained"
     assert not list(out.glob(".archbench-driver-*"))
 

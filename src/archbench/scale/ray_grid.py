@@ -217,9 +217,9 @@ def run_grid(
     options.check()
     out = Path(out).resolve()
     grid = [(for_workers(cfg, out), run_dir) for cfg, run_dir in grid]
-    make_dirs(out)
     with ray_session(options) as ray:
         cpus, gpus = reservation(ray, options, grid[0][0])
+        make_dirs(out)  # only once the cluster can take the runs: a refusal leaves no folder behind
         token = secrets.token_hex(16)
         marker = out / f"{MARKER_PREFIX}{token}"
         atomic_write_text(marker, token)
