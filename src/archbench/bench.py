@@ -178,5 +178,6 @@ def table(results: list[BenchResult]) -> str:
     return "\n".join(lines)
 
 
-def write_json(results: list[BenchResult], path: Path, meta: dict) -> None:
-    atomic_write_text(Path(path), json.dumps({**meta, "results": [asdict(r) for r in results]}, indent=2) + "\n")
+def write_json(results: list, path: Path, meta: dict, key: str = "results") -> None:
+    """``meta`` and the rows (dataclasses: ``BenchResult`` or ``bench --concurrent``'s) under ``key``."""
+    atomic_write_text(Path(path), json.dumps({**meta, key: [asdict(r) for r in results]}, indent=2) + "\n")

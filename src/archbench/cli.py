@@ -8,7 +8,6 @@ shows the traceback).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -17,7 +16,6 @@ import time
 import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 
 from archbench.config import MLFLOW_DEFAULT_STORE, Config, from_mapping, load_file
@@ -426,13 +424,17 @@ def cmd_compare(args) -> int:
         try:
             run.train(data, resume=True)
         except DivergenceError as e:
-            log(f"{e}\n[{run.cfg.model}] divergence recorded as this run's outcome; the comparison goes on")
+            log(_diverged_line(str(e), run.cfg.model))
         plot_run(run.run_dir)
     results = [evaluate_run(run.run_dir, data(), run.device) for run in runs]
     refs = [RunRef(r.cfg.model, r.cfg.seed, relative_dir(r.run_dir, out)) for r in runs]
     failed: list[FailedRun] = []
     _finish_compare(args, cfg, (refs, results, failed), data, runs[0].device, None, started)
     return 0
+
+
+def _diverged_line(message: str, model: str) -> str:
+    return f"{message}\n[{model}] divergence recorded as this run's outcome; the comparison goes on"
 
 
 def _refuse_runs_on_other_data(grid: list, data: Callable) -> None:
@@ -463,7 +465,7 @@ def _compare_on_ray(args, cfg: Config, grid: list, data: Callable, options, star
     ]
     for c, _, o in kept:
         if o.status == DIVERGED:
-            log(f"{o.message}\n[{c.model}] divergence recorded as this run's outcome; the comparison goes on")
+            log(_diverged_line(o.message, c.model))
     if not kept:
         raise ArchbenchError(f"every run of the grid failed ({_failures(failed)}); fix the cause and run compare again")
     refs = [RunRef(c.model, c.seed, relative_dir(d, out)) for c, d, _ in kept]
@@ -597,6 +599,7 @@ def cmd_bench(args) -> int:
 def _bench_concurrent(args, cfg: Config, data, epochs: int, device) -> int:
     import torch
 
+    from archbench.bench import write_json
     from archbench.scale import concurrent
 
     counts = concurrent.parse_counts(args.concurrent)
@@ -613,10 +616,7 @@ def _bench_concurrent(args, cfg: Config, data, epochs: int, device) -> int:
         log(concurrent.advice([r for r in rows if r.model == model], device.type == "cuda"))
     if args.json:
         meta = {"torch": torch.__version__, "device": str(device), "config": cfg.to_dict(), "timed_epochs": epochs}
-        from archbench.io_utils import atomic_write_text
-
-        body = {**meta, "concurrent": [asdict(r) for r in rows]}
-        atomic_write_text(args.json, json.dumps(body, indent=2) + "\n")
+        write_json(rows, args.json, meta, key="concurrent")
         log(f"\nWrote {args.json}")
     return 0
 

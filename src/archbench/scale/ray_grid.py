@@ -26,7 +26,7 @@ from archbench.data.sources import Cifar10
 from archbench.errors import ArchbenchError
 from archbench.io_utils import atomic_write_text, make_dirs
 from archbench.scale import folders
-from archbench.scale.task import FAILED, FILES_MODES, INTERRUPTED, Job, Outcome, Progress, run_job
+from archbench.scale.task import FAILED, FILES_MODES, INTERRUPTED, Job, Outcome, Progress, reads_marker, run_job
 
 RAY_MISSING = (
     "--executor ray needs Ray, which is not installed here: pip install -e '.[ray]' (or pip install ray), "
@@ -142,13 +142,7 @@ def _nodes_missing_the_folder(ray, marker: Path, token: str) -> int:
     """How many live nodes cannot read the driver's marker (0: every run can be written in place)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    def probe(path: str, expected: str) -> bool:
-        try:
-            return Path(path).read_text() == expected
-        except OSError:
-            return False
-
-    remote = ray.remote(num_cpus=0)(probe)
+    remote = ray.remote(num_cpus=0)(reads_marker)
     refs = [
         remote.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
             str(marker), token

@@ -70,9 +70,10 @@ class Progress:
         return events
 
 
-def sees_compare_folder(job: Job) -> bool:
+def reads_marker(marker: str, token: str) -> bool:
+    """Whether this process sees the driver's compare folder: its marker file, holding ``token``."""
     try:
-        return Path(job.marker).read_text() == job.token
+        return Path(marker).read_text() == token
     except OSError:
         return False
 
@@ -97,7 +98,7 @@ def run_job(job: Job, data: Cifar10, progress) -> Outcome:
     cfg = job.cfg
     if cfg.device == "auto" and not ray.get_gpu_ids():
         cfg = cfg.replace(device="cpu")  # no GPU reserved for this task: leave the node's GPUs to others
-    shared = sees_compare_folder(job)
+    shared = reads_marker(job.marker, job.token)
     if job.files == "shared" and not shared:
         message = (
             f"{where} does not see {Path(job.marker).parent}; put it on a shared filesystem or use --ray-files return"
