@@ -123,3 +123,56 @@ def make_official(root: Path, per_batch: int = 20, archive: bool = False, seed: 
     for name, raw in files.items():
         (folder / name).write_bytes(raw)
     return folder, d
+
+
+def synthetic100(per_class_train: int = 2, per_class_test: int = 1, seed: int = 2) -> Cifar10:
+    """Random images with 100 balanced fine labels: CIFAR-100's shape, in miniature."""
+    rng = np.random.default_rng(seed)
+    n_train, n_test = 100 * per_class_train, 100 * per_class_test
+    return Cifar10(
+        rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+        rng.permutation(np.arange(n_train, dtype=np.int64) % 100),
+        rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+        np.arange(n_test, dtype=np.int64) % 100,
+        None,
+        "synthetic",
+        dataset="cifar100",
+    )
+
+
+def cifar100_pickle(x_hwc: np.ndarray, fine: np.ndarray) -> bytes:
+    """One file of the official CIFAR-100 python version: fine and coarse labels, CHW-planar rows."""
+    return pickle.dumps(
+        {
+            "filenames": [f"{i}.png" for i in range(len(fine))],
+            "batch_label": "fake",
+            "fine_labels": [int(v) for v in fine],
+            "coarse_labels": [int(v) // 5 for v in fine],  # not CIFAR-100's grouping; archbench ignores it
+            "data": x_hwc.transpose(0, 3, 1, 2).reshape(len(x_hwc), -1),
+        },
+        protocol=2,
+    )
+
+
+def make_official100(root: Path, archive: bool = False, data: Cifar10 | None = None) -> tuple[Path, Cifar10]:
+    """A tiny fake ``cifar-100-python`` folder (or ``cifar-100-python.tar.gz``) and the arrays it holds."""
+    d = data if data is not None else synthetic100()
+    files = {
+        "train": cifar100_pickle(d.x_train, d.y_train),
+        "test": cifar100_pickle(d.x_test, d.y_test),
+        "meta": pickle.dumps({"fine_label_names": ["x"] * 100, "coarse_label_names": ["y"] * 20}, protocol=2),
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    if archive:
+        path = root / "cifar-100-python.tar.gz"
+        with tarfile.open(path, "w:gz") as tar:
+            for name, raw in files.items():
+                info = tarfile.TarInfo(f"cifar-100-python/{name}")
+                info.size = len(raw)
+                tar.addfile(info, io.BytesIO(raw))
+        return path, d
+    folder = root / "cifar-100-python"
+    folder.mkdir()
+    for name, raw in files.items():
+        (folder / name).write_bytes(raw)
+    return folder, d

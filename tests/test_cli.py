@@ -183,7 +183,7 @@ def test_killed_run_resumes_to_completion(tmp_path):
         (["--milestones", "5", "3"], "milestones=[5, 3] is invalid"),
         (["--lr", "-1"], "lr=-1.0 is invalid"),
         (["--batch-size", "0"], "batch_size=0 is invalid"),
-        (["resnet99"], "model='resnet99' is invalid"),
+        (["resnet99"], "unknown model 'resnet99'; available: resnet18"),
         (["--data-dir", "/nonexistent/cifar"], "CIFAR-10 not found (tried --data-dir = /nonexistent/cifar)"),
     ],
 )

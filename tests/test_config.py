@@ -33,7 +33,9 @@ def test_config_is_frozen():
 
 # At least one invalid value for every setting; the test below checks none is missed.
 INVALID = [
-    ("model", "resnet99"),
+    ("model", "resnet 99"),  # given with its spec, as a run's config.json records it: a name, checked as one
+    ("model_spec", "no_colon"),
+    ("dataset", "imagenet"),
     ("epochs", 0),
     ("epochs", 2.5),
     ("batch_size", 0),
@@ -83,9 +85,19 @@ def test_every_setting_has_an_invalid_case():
 @pytest.mark.parametrize("field,value", INVALID)
 def test_each_invalid_value_is_one_error_naming_the_field(field, value):
     with pytest.raises(ArchbenchError) as e:
-        from_mapping({field: value})
+        from_mapping({field: value, **({"model_spec": None} if field == "model" else {})})
     msg = str(e.value)
     assert f"{field}=" in msg and "allowed" in msg and "\n" not in msg
+
+
+def test_a_model_named_by_the_user_is_parsed_and_an_unknown_one_refused():
+    assert (from_mapping({"model": "vgg19_bn"}).model, from_mapping({"model": "vgg19_bn"}).model_spec) == (
+        "vgg19_bn",
+        None,
+    )
+    assert from_mapping({"model": "timm:resnet18"}).model == "timm-resnet18"
+    with pytest.raises(ArchbenchError, match="unknown model 'resnet99'; available: resnet18"):
+        from_mapping({"model": "resnet99"})
 
 
 def test_unknown_setting_lists_known_ones():

@@ -44,7 +44,15 @@ except ModuleNotFoundError:  # Python < 3.11
 from archbench.analysis import evidence
 from archbench.analysis.plots import run_label
 from archbench.cli import main
-from archbench.config import FIELD_NAMES, PROTOCOL_FIELDS, Config, from_mapping, load_file, resolve
+from archbench.config import (
+    FIELD_NAMES,
+    LATER_PROTOCOL_DEFAULTS,
+    PROTOCOL_FIELDS,
+    Config,
+    from_mapping,
+    load_file,
+    resolve,
+)
 from archbench.train import gradflow, history
 from conftest import REPO, SAMPLE_DIR
 
@@ -141,9 +149,17 @@ TEMPLATES = {
     f"{FINISHED}/history.jsonl": {
         k: N if k == "val_acc_exact" else I if k == "epoch" else F for k in history.FIELDS
     },  # its last line, epoch 2
+    f"{FINISHED}/model.json": {
+        "name": S,
+        "description": S,
+        "default_lr": F,
+        "plain_twin_of": S,
+        "source": {"kind": S, "spec": S, "file": N, "sha256": N, "package": N},
+    },
 }
-CONFIG_FILE = {
+CONFIG_FILE = {  # every setting a user writes; model_spec is archbench's record of a spec given as `model`
     "model": "resnet18",
+    "dataset": "cifar10",
     "epochs": 1,
     "batch_size": 20,
     "lr": 0.05,
@@ -183,6 +199,7 @@ HARMLESS_NULLS = {  # (file, field): what null means there
     "config.json:data_dir": "no data folder was named; where the data came from does not change the run's numbers",
     "divergence.json:config.data_dir": "no data folder was named (as in config.json)",
     "comparison.json:environment.git commit": "archbench did not run from a git checkout; the row is left out",
+    "model.json:plain_twin_of": "no declared twin: plain18 is still resnet18's twin by its name",
     "comparison.json:environment.data": "the data was not described; the row is left out",
     "comparison.json:environment.data checksums": "the checksums were not recorded; the row is left out",
     "comparison.json:environment.test images": "the count was not recorded; the row is left out",
@@ -216,6 +233,13 @@ OTHER_HARMLESS = {
     f"{FINISHED}/config.json:string mlflow": "any text is an MLflow tracking URI, and where a run was tracked "
     "does not change its numbers",
     f"{DIVERGED}/divergence.json:string config.mlflow": "any text is an MLflow tracking URI (as in config.json)",
+    f"{FINISHED}/model.json:deleted": "runs made before model.json have none; a built-in's plain twin then comes "
+    "from the registry, which names the same one",
+    **{
+        f"{FINISHED}/model.json:string source.{k}": "the source record is compared when a model is built (a "
+        "resume reads last.pt's copy); report and plot build none; " + SAME
+        for k in ("file", "sha256", "package")
+    },
 }
 
 
@@ -235,7 +259,11 @@ def harmless(target: str, damage: str, command: str) -> str | None:
     if kind == "missing" and name in ("exp.toml", "exp.yaml"):
         return MISSING_SETTING
     if kind == "missing" and settings:
-        return MISSING_HOW if field.removeprefix("config.") in HOW_SETTINGS else None
+        setting = field.removeprefix("config.")
+        if setting in LATER_PROTOCOL_DEFAULTS:
+            default = LATER_PROTOCOL_DEFAULTS[setting]
+            return f"runs recorded before {setting!r} was are read with {default!r}, as this run had"
+        return MISSING_HOW if setting in HOW_SETTINGS else None
     return OTHER_HARMLESS.get(f"{target}:{damage}")
 
 
@@ -506,6 +534,7 @@ DEFAULT_COMMAND = {
     f"{DIVERGED}/final.json": "report",
     f"{DIVERGED}/divergence.json": "report",
     f"{FINISHED}/predictions.npz": "report",
+    f"{FINISHED}/model.json": "report",
     f"{FINISHED}/history.jsonl": "plot",
     f"{FINISHED}/history.csv": "plot",
     f"{FINISHED}/gradflow.csv": "plot",
@@ -698,7 +727,7 @@ def test_templates_match_the_files(folders):
         text = (folders.work / target).read_text()
         parsed = json.loads(text.rstrip("\n").split("\n")[-1]) if target.endswith(".jsonl") else json.loads(text)
         assert _json_type(parsed) == template, target
-    assert set(CONFIG_FILE) == set(FIELD_NAMES)
+    assert set(CONFIG_FILE) | {"model_spec"} == set(FIELD_NAMES)
     assert from_mapping(load_file(folders.configs / "exp.toml")) == from_mapping(CONFIG_FILE)
     assert from_mapping(load_file(folders.configs / "exp.yaml")) == from_mapping(CONFIG_FILE)
 

@@ -53,6 +53,7 @@ Decisions the cases pin down:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -71,12 +72,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from archbench.data import sources
+from archbench.data import datasets
+from archbench.data.datasets import CIFAR10
 from archbench.data.sources import (
-    CLASSES,
-    OFFICIAL_ARCHIVE,
-    OFFICIAL_FOLDER,
-    TRAIN_BATCHES,
     check_arrays,
     load_cifar10,
     read_npz_xz,
@@ -85,6 +83,12 @@ from archbench.data.sources import (
 )
 from archbench.errors import ArchbenchError
 
+CLASSES, OFFICIAL_ARCHIVE, OFFICIAL_FOLDER, TRAIN_BATCHES = (
+    CIFAR10.classes,
+    CIFAR10.archive,
+    CIFAR10.folder,
+    CIFAR10.train_files,
+)
 SEED = 20240611
 PER_FILE = 3  # images in each file: enough for shapes, label ranges and ragged lists; fast to build
 SUMS = "SHA256SUMS"
@@ -232,7 +236,7 @@ def _write_npz(folder: Path, content: dict) -> None:
 
 
 def _official_md5s(content: dict) -> dict[str, str]:
-    """What the patched ``OFFICIAL_BATCH_MD5`` expects: the batches as written."""
+    """What the patched CIFAR-10 file MD5s expect: the batches as written."""
     md5s = {}
     for name in (*TRAIN_BATCHES, "test_batch"):
         raw = _serialize(content[name]) if name in content else None
@@ -1018,7 +1022,7 @@ def build(case: Case, root: Path, monkeypatch) -> Built:
         _write_npz(data, content)
         built = Built(data, read_npz_xz, data, data, expected)
     else:
-        monkeypatch.setattr(sources, "OFFICIAL_BATCH_MD5", _official_md5s(content))
+        expected_md5s = {"file_md5": _official_md5s(content)}
         if case.fmt == "folder":
             _write_folder(data / OFFICIAL_FOLDER, content)
             built = Built(data, read_python_folder, data / OFFICIAL_FOLDER, data / OFFICIAL_FOLDER, expected)
@@ -1026,8 +1030,9 @@ def build(case: Case, root: Path, monkeypatch) -> Built:
             data.mkdir(parents=True)
             raw = _archive_bytes(content)
             (data / OFFICIAL_ARCHIVE).write_bytes(raw)
-            monkeypatch.setattr(sources, "OFFICIAL_ARCHIVE_MD5", hashlib.md5(raw).hexdigest())
+            expected_md5s["archive_md5"] = hashlib.md5(raw).hexdigest()
             built = Built(data, read_python_archive, data / OFFICIAL_ARCHIVE, data, expected)
+        monkeypatch.setitem(datasets.DATASETS, "cifar10", dataclasses.replace(CIFAR10, **expected_md5s))
     if case.post:
         post_dir = data / OFFICIAL_FOLDER if case.fmt == "folder" else data
         case.post(post_dir, random.Random(f"{SEED}/{case.id}"))

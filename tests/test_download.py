@@ -7,6 +7,7 @@ MD5s are replaced by the stand-in's, so everything else runs as it does for a us
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import io
@@ -23,7 +24,8 @@ import numpy as np
 import pytest
 
 import archbench.data.sources as sources
-from archbench.data import fetch
+from archbench.data import datasets, fetch
+from archbench.data.datasets import CIFAR10
 from archbench.errors import ArchbenchError
 from conftest import REPO, make_official
 
@@ -74,7 +76,7 @@ def stand_in(tmp_path: Path, per_batch: int = 20):
         batches = {
             Path(m.name).name: hashlib.md5(tar.extractfile(m).read()).hexdigest()
             for m in tar.getmembers()
-            if Path(m.name).name in sources.OFFICIAL_BATCH_MD5
+            if Path(m.name).name in CIFAR10.file_md5
         }
     return body, {"archive": hashlib.md5(body).hexdigest(), "batches": batches}, data
 
@@ -89,8 +91,8 @@ def served(tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHBENCH_CIFAR10_URL", server.url)
     monkeypatch.delenv("ARCHBENCH_OFFLINE")
     monkeypatch.delenv("ARCHBENCH_DATA", raising=False)
-    monkeypatch.setattr(sources, "OFFICIAL_ARCHIVE_MD5", md5s["archive"])
-    monkeypatch.setattr(sources, "OFFICIAL_BATCH_MD5", md5s["batches"])
+    stand_in_md5s = dataclasses.replace(CIFAR10, archive_md5=md5s["archive"], file_md5=md5s["batches"])
+    monkeypatch.setitem(datasets.DATASETS, "cifar10", stand_in_md5s)
     work = tmp_path / "fresh" / "work"  # no ./data, no ../shared/data/cifar10
     work.mkdir(parents=True)
     monkeypatch.chdir(work)

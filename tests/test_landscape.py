@@ -15,6 +15,7 @@ from archbench.analysis.directions import directions, filter_normalize, move_to,
 from archbench.analysis.probe import Probe
 from archbench.cli import main
 from archbench.config import Config
+from archbench.data.datasets import CIFAR10
 from archbench.errors import ArchbenchError
 from archbench.models.registry import MODELS
 from archbench.train.runner import Run
@@ -47,7 +48,7 @@ def _no_bar(it, total, name):
 
 
 def _probe(model, data, images=20):
-    return Probe(model, data.x_train, data.y_train, images, CPU, 8)
+    return Probe(model, data.x_train, data.y_train, images, CPU, 8, CIFAR10)
 
 
 def _settings(**kw) -> ls.Settings:

@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from archbench.data.pipelines import MEAN, STD, FastPipeline, ReferencePipeline, build_pipeline, epoch_seed
+from archbench.data.datasets import CIFAR10
+from archbench.data.pipelines import FastPipeline, ReferencePipeline, build_pipeline, epoch_seed
 from conftest import synthetic
 
 N_IMAGES, BATCH = 40, 16  # 40 = 2 full batches + a partial one of 8
 
 
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    mean, std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+    mean, std = torch.tensor(CIFAR10.mean).view(1, 3, 1, 1), torch.tensor(CIFAR10.std).view(1, 3, 1, 1)
     return (x.cpu() * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 

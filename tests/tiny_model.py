@@ -66,8 +66,12 @@ class TinyTwin(nn.Module):
 
 
 TWINS = {
-    "resnettiny": ModelSpec("resnettiny", lambda n=10: TinyTwin(n, True), "tiny net with a shortcut (tests only)"),
-    "plaintiny": ModelSpec("plaintiny", lambda n=10: TinyTwin(n, False), "resnettiny without it (tests only)"),
+    "resnettiny": ModelSpec(
+        "resnettiny", lambda num_classes=10: TinyTwin(num_classes, True), "tiny net with a shortcut (tests only)"
+    ),
+    "plaintiny": ModelSpec(
+        "plaintiny", lambda num_classes=10: TinyTwin(num_classes, False), "resnettiny without it (tests only)"
+    ),
 }
 
 

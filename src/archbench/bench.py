@@ -56,16 +56,21 @@ class BenchResult:
     speedup: float | None = None  # reference epoch time / this epoch time (fast rows)
 
 
-def synthetic_cifar(n_train: int, n_test: int, seed: int = 0) -> Cifar10:
-    """Random images of CIFAR's shape and a balanced label set: timing needs no real data."""
+def synthetic_cifar(n_train: int, n_test: int, seed: int = 0, dataset: str = "cifar10") -> Cifar10:
+    """Random images of CIFAR's shape and a balanced label set of ``dataset``'s classes: timing
+    needs no real data."""
+    from archbench.data.datasets import get as get_dataset
+
     rng = np.random.default_rng(seed)
+    classes = get_dataset(dataset).num_classes
     return Cifar10(
         rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
-        np.arange(n_train) % 10,
+        np.arange(n_train) % classes,
         rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
-        np.arange(n_test) % 10,
+        np.arange(n_test) % classes,
         None,
         "synthetic",
+        dataset=dataset,
     )
 
 

@@ -18,11 +18,13 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
-from archbench.config import MLFLOW_DEFAULT_STORE, Config, from_mapping, load_file
+from archbench.config import MLFLOW_DEFAULT_STORE, Config, from_mapping, load_file, with_model
 from archbench.errors import ArchbenchError
 from archbench.io_utils import check_writable, os_error
 
 DEFAULT_COMPARE = ("resnet18", "vgg19_bn")
+DATASET_NAMES = ("cifar10", "cifar100")  # data.datasets.DATASETS, without importing it for --help
+MODEL_FORMS = "a name from 'archbench models', package.module:factory, path/to/file.py:factory or timm:<name>"
 
 
 class _Version(argparse.Action):
@@ -55,6 +57,7 @@ def _training_flags() -> argparse.ArgumentParser:
     g.add_argument("--milestones", type=int, nargs="+", help="epochs after which lr *= gamma (default 50 75)")
     g.add_argument("--gamma", type=float, help="lr decay factor at milestones (default 0.1)")
     g.add_argument("--seed", type=int, help="seed for weights, data order and augmentation (default 0)")
+    g.add_argument("--dataset", choices=DATASET_NAMES, help="cifar10 (default) or cifar100 (its 100 fine labels)")
     g.add_argument("--pipeline", choices=("fast", "reference"), help="input pipeline (default fast)")
     g.add_argument("--workers", type=int, help="DataLoader workers of the reference pipeline (default 2)")
     g.add_argument(
@@ -99,7 +102,9 @@ def _training_flags() -> argparse.ArgumentParser:
         metavar="K",
         help="record per-layer gradient norms K times per epoch (default 4; 0: off)",
     )
-    r.add_argument("--data-dir", help="CIFAR-10 location (else $ARCHBENCH_DATA, ./data, ../shared/data/cifar10)")
+    r.add_argument(
+        "--data-dir", help="dataset location (else $ARCHBENCH_DATA, ./data, ../shared/data/DATASET, the cache)"
+    )
     r.add_argument(
         "--download", action="store_true", help="with --data-dir: download CIFAR-10 there if it is not found"
     )
@@ -122,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     flags = _training_flags()
 
-    sub.add_parser("models", help="list the registered models")
+    p = sub.add_parser("models", help="list the registered models, or check and describe the models named")
+    p.add_argument("specs", nargs="*", metavar="MODEL", help=f"models to check and describe: {MODEL_FORMS}")
+    p.add_argument("--dataset", choices=DATASET_NAMES, default="cifar10", help="the class count to build them for")
     p = sub.add_parser("train", parents=[flags], help="train one model into OUT/MODEL")
-    p.add_argument("model", help="a name from 'archbench models'")
+    p.add_argument("model", help=MODEL_FORMS)
     p = sub.add_parser(
         "compare", parents=[flags], help="train each model (reusing finished runs) and compare their best weights"
     )
@@ -132,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "models",
         nargs="*",
         default=list(DEFAULT_COMPARE),
-        help=f"models to compare (default: {' '.join(DEFAULT_COMPARE)})",
+        help=f"models to compare, each {MODEL_FORMS} (default: {' '.join(DEFAULT_COMPARE)})",
     )
     p.add_argument(
         "--seeds", type=int, nargs="+", metavar="K", help="train every model once per seed, into OUT/<model>/seed<K>/"
@@ -158,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         "models",
         nargs="*",
         default=list(DEFAULT_COMPARE),
-        help=f"models to time (default: {' '.join(DEFAULT_COMPARE)})",
+        help=f"models to time, each {MODEL_FORMS} (default: {' '.join(DEFAULT_COMPARE)})",
     )
     p.add_argument("--pipelines", default="fast,reference", help="comma-separated (default fast,reference)")
     p.add_argument("--synthetic", action="store_true", help="random data of CIFAR-10's shape instead of CIFAR-10")
@@ -358,12 +365,25 @@ def log(msg: str) -> None:
 
 
 def cmd_models(args) -> int:
-    from archbench.models import MODELS, count_parameters, create_model
+    from archbench.data.datasets import get as get_dataset
+    from archbench.models import count_parameters
+    from archbench.models.specs import available, check, parse, resolve
 
-    rows = [(n, count_parameters(create_model(n)), s.description) for n, s in MODELS.items()]
-    log(f"{'name':<10} {'parameters':>12} {'(M)':>7}  description")
-    for name, n, desc in rows:
-        log(f"{name:<10} {n:>12,} {n / 1e6:>7.2f}  {desc}")
+    classes = get_dataset(args.dataset).num_classes
+    named = [parse(text) for text in args.specs] if args.specs else [(n, None) for n in available()]
+    specs = [resolve(name, spec) for name, spec in named]
+    for s in specs:
+        if s.source.kind != "builtin":
+            check(s, classes)  # a model named here is checked as train would check it
+    rows = [(s, count_parameters(s.build(num_classes=classes))) for s in specs]
+    width = max(10, *(len(s.name) for s, _ in rows))
+    log(f"{'name':<{width}} {'parameters':>12} {'(M)':>7}  description")
+    for s, n in rows:
+        twin = f" [plain twin of {s.plain_twin_of}]" if s.plain_twin_of else ""
+        log(f"{s.name:<{width}} {n:>12,} {n / 1e6:>7.2f}  {s.description}{twin}")
+        if s.source.kind != "builtin":
+            where = s.source.file or s.source.package or ""
+            log(f"{'':<{width}} {s.source.kind}: {s.source.spec}" + (f" ({where})" if where else ""))
     return 0
 
 
@@ -385,7 +405,7 @@ def cmd_train(args) -> int:
     from archbench.analysis.plots import plot_run
     from archbench.train.runner import Run
 
-    cfg = config_from_args(args).replace(model=args.model)
+    cfg = with_model(config_from_args(args), args.model)
     run_dir = Path(cfg.out) / cfg.model
     Run(cfg, run_dir, log).train(_data_loader(cfg), resume=getattr(args, "resume", False))
     plot_run(run_dir)
@@ -401,21 +421,25 @@ def cmd_compare(args) -> int:
 
     started = time.perf_counter()
     cfg = config_from_args(args)
-    for what, values in (("model", args.models), ("seed", args.seeds or [])):
-        if len(set(values)) != len(values):
-            raise ArchbenchError(f"a {what} is named twice in {' '.join(map(str, values))}; name each once")
+    model_cfgs = _model_configs(cfg, args.models)
+    args.models = [c.model for c in model_cfgs]  # from here on: the names the runs are filed under
+    if len(set(args.seeds or [])) != len(args.seeds or []):
+        raise ArchbenchError(f"a seed is named twice in {' '.join(map(str, args.seeds))}; name each once")
     out = Path(cfg.out)
     grid = [
-        (cfg.replace(model=m), out / m) if seed is None else (cfg.replace(model=m, seed=seed), out / m / f"seed{seed}")
-        for m in args.models
+        (m, out / m.model) if seed is None else (m.replace(seed=seed), out / m.model / f"seed{seed}")
+        for m in model_cfgs
         for seed in (args.seeds or [None])
     ]
     data = _data_loader(cfg)
     if args.executor == "ray":
+        from archbench.train.runner import checked_model
         from archbench.train.trackers import check_trackers
 
         options = ray_options(args)  # bad values refused before the data is read
         check_trackers(cfg)
+        for model_cfg in model_cfgs:
+            checked_model(model_cfg)  # on the driver: a broken model never reaches a worker
         _refuse_runs_on_other_data(grid, data)
         return _compare_on_ray(args, cfg, grid, data, options, started)
     runs = [Run(run_cfg, run_dir, log) for run_cfg, run_dir in grid]
@@ -431,6 +455,20 @@ def cmd_compare(args) -> int:
     failed: list[FailedRun] = []
     _finish_compare(args, cfg, (refs, results, failed), data, runs[0].device, None, started)
     return 0
+
+
+def _model_configs(cfg: Config, texts: list[str]) -> list[Config]:
+    """``cfg`` for each model named (names or specs); two that would share a run folder are refused."""
+    cfgs = [with_model(cfg, text) for text in texts]
+    names = [c.model for c in cfgs]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice is not None:
+        named = [t for t, c in zip(texts, cfgs) if c.model == twice]
+        raise ArchbenchError(
+            f"{' and '.join(named)} are both filed as {twice!r}; name each model once (rename a factory if two "
+            f"files use the same name)"
+        )
+    return cfgs
 
 
 def _diverged_line(message: str, model: str) -> str:
@@ -549,9 +587,13 @@ def cmd_bench(args) -> int:
 
     from archbench.bench import add_speedups, bench_one, synthetic_cifar, table, write_json
     from archbench.config import PIPELINES
+    from archbench.train.runner import checked_model
     from archbench.train.training import resolve_device
 
     cfg = config_from_args(args)
+    model_cfgs = _model_configs(cfg, args.models)
+    for m in model_cfgs:
+        checked_model(m)  # a broken model fails in one line before minutes of timing
     device = resolve_device(cfg.device)
     pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
     bad = [p for p in pipelines if p not in PIPELINES]
@@ -565,7 +607,7 @@ def cmd_bench(args) -> int:
             train_subset=cfg.train_subset or BENCH_CPU_SUBSET, test_subset=cfg.test_subset or BENCH_CPU_SUBSET
         )
     if args.synthetic:
-        data = synthetic_cifar(cfg.train_subset or 50_000, cfg.test_subset or 10_000, cfg.seed)
+        data = synthetic_cifar(cfg.train_subset or 50_000, cfg.test_subset or 10_000, cfg.seed, cfg.dataset)
     else:
         from archbench.train.runner import load_data
 
@@ -575,13 +617,13 @@ def cmd_bench(args) -> int:
         f"{epochs} timed epoch(s) after 1 warm-up, on {device}"
     )
     if args.concurrent:
-        return _bench_concurrent(args, cfg, data, epochs, device)
+        return _bench_concurrent(args, [_same_protocol(m, cfg) for m in model_cfgs], data, epochs, device)
     results = []
-    for model in args.models:
+    for m in model_cfgs:
         for pipeline in pipelines:
-            results.append(bench_one(cfg.replace(model=model, pipeline=pipeline), data, epochs))
+            results.append(bench_one(_same_protocol(m, cfg).replace(pipeline=pipeline), data, epochs))
             log(
-                f"  {model} {pipeline}: {results[-1].train_s_per_epoch:.3f} s/epoch train, "
+                f"  {m.model} {pipeline}: {results[-1].train_s_per_epoch:.3f} s/epoch train, "
                 f"{results[-1].eval_s_per_epoch:.3f} s/epoch eval"
             )
     add_speedups(results)
@@ -596,7 +638,12 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def _bench_concurrent(args, cfg: Config, data, epochs: int, device) -> int:
+def _same_protocol(model_cfg: Config, cfg: Config) -> Config:
+    """The bench's settings (subsets included) for one model."""
+    return cfg.replace(model=model_cfg.model, model_spec=model_cfg.model_spec)
+
+
+def _bench_concurrent(args, model_cfgs: list[Config], data, epochs: int, device) -> int:
     import torch
 
     from archbench.bench import write_json
@@ -604,16 +651,17 @@ def _bench_concurrent(args, cfg: Config, data, epochs: int, device) -> int:
 
     counts = concurrent.parse_counts(args.concurrent)
     rows = []
-    for model in args.models:
+    for m in model_cfgs:
         by_k = {}
         for k in counts:
-            by_k[k] = concurrent.measure(cfg.replace(model=model), data, epochs, k)
+            by_k[k] = concurrent.measure(m, data, epochs, k)
             each = ", ".join(f"{r.images_per_s:,.0f}" for r in by_k[k])
-            log(f"  {model} x{k} at once: {each} img/s")
-        rows += concurrent.summarize(model, by_k)
+            log(f"  {m.model} x{k} at once: {each} img/s")
+        rows += concurrent.summarize(m.model, by_k)
     log("\n" + concurrent.table(rows))
-    for model in args.models:
-        log(concurrent.advice([r for r in rows if r.model == model], device.type == "cuda"))
+    for m in model_cfgs:
+        log(concurrent.advice([r for r in rows if r.model == m.model], device.type == "cuda"))
+    cfg = model_cfgs[0]
     if args.json:
         meta = {"torch": torch.__version__, "device": str(device), "config": cfg.to_dict(), "timed_epochs": epochs}
         write_json(rows, args.json, meta, key="concurrent")
@@ -624,12 +672,20 @@ def _bench_concurrent(args, cfg: Config, data, epochs: int, device) -> int:
 def cmd_eval(args) -> int:
     from archbench.analysis.compare import by_model, evaluate_run, table_markdown, write_outputs
     from archbench.config import read_json
+    from archbench.data.datasets import get as get_dataset
     from archbench.data.sources import load_cifar10
     from archbench.train.runner import CONFIG_NAME, take_subsets
     from archbench.train.training import resolve_device
 
     if args.out:
         check_writable(args.out / "comparison.md")
+    datasets = {read_json(d / CONFIG_NAME).dataset for d in args.run_dirs}
+    if len(datasets) > 1:
+        raise ArchbenchError(
+            f"the runs were trained on different datasets ({', '.join(sorted(datasets))}); evaluate each "
+            f"dataset's runs "
+            f"on their own"
+        )
     subset = args.test_subset
     if subset is None:
         subsets = {read_json(d / CONFIG_NAME).test_subset for d in args.run_dirs}
@@ -646,6 +702,7 @@ def cmd_eval(args) -> int:
             offline=args.offline,
             verify=args.verify_data,
             with_train=False,
+            ds=get_dataset(datasets.pop()),
         ),
         None,
         subset,
@@ -714,17 +771,23 @@ def cmd_env(args) -> int:
 
 
 def _training_images(data_dir, download: bool, offline: bool, verify: bool, quiet: bool) -> Callable:
-    """(run folder, its config) -> the images it trained on; CIFAR-10 read once per location."""
+    """(run folder, its config) -> the images it trained on; each dataset read once per location."""
     from archbench.analysis.landscape import training_images
+    from archbench.data.datasets import get as get_dataset
     from archbench.data.sources import load_cifar10
 
     loaded: dict = {}
 
     def get(run_dir: Path, cfg: Config):
-        where = data_dir or cfg.data_dir
+        where = (data_dir or cfg.data_dir, cfg.dataset)
         if where not in loaded:
             loaded[where] = load_cifar10(
-                where, download_missing=download, offline=offline or cfg.offline, verify=verify, quiet=quiet
+                where[0],
+                download_missing=download,
+                offline=offline or cfg.offline,
+                verify=verify,
+                quiet=quiet,
+                ds=get_dataset(cfg.dataset),
             )
         return training_images(run_dir, cfg, loaded[where])
 

@@ -29,7 +29,11 @@ MLFLOW_DEFAULT_STORE = "default"  # mlflow setting (bare --mlflow): a file store
 class Config:
     """Everything that defines one training run. Defaults are the study's protocol."""
 
-    model: str = "resnet18"
+    model: str = "resnet18"  # the name runs are filed and reported under
+    # Where a model from outside the registry comes from (models.specs): package.module:factory,
+    # /abs/path/file.py:factory or timm:<name>; None for a registered name.
+    model_spec: str | None = None
+    dataset: str = "cifar10"  # cifar10 | cifar100 (data.datasets)
     epochs: int = 100
     batch_size: int = 128
     lr: float | None = None  # None: the model's own default (0.1, or 0.01 for plain VGG19)
@@ -73,6 +77,7 @@ class Config:
 # reused by a config that agrees on all of them.
 PROTOCOL_FIELDS = (
     "model",
+    "dataset",
     "epochs",
     "batch_size",
     "lr",
@@ -89,6 +94,9 @@ PROTOCOL_FIELDS = (
     "precision",
 )
 
+# Protocol fields added after runs were first recorded: what an older config.json meant by leaving them out.
+LATER_PROTOCOL_DEFAULTS = {"dataset": "cifar10"}
+
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
 LIST_SETTINGS = tuple(f.name for f in dataclasses.fields(Config) if isinstance(f.default, tuple))
 
@@ -100,9 +108,17 @@ def _require(ok: bool, name: str, allowed: str, value: Any) -> None:
 
 def validate(cfg: Config) -> Config:
     """Check every field; raise one clear error naming the first bad one."""
-    from archbench.models import MODELS  # registry import is cheap; avoids an import cycle
+    from archbench.data.datasets import DATASETS
+    from archbench.models.specs import FORMS, is_name
 
-    _require(cfg.model in MODELS, "model", ", ".join(MODELS), cfg.model)
+    _require(isinstance(cfg.model, str) and is_name(cfg.model), "model", FORMS, cfg.model)
+    _require(
+        cfg.model_spec is None or (isinstance(cfg.model_spec, str) and ":" in cfg.model_spec),
+        "model_spec",
+        "package.module:factory, /path/to/file.py:factory, timm:<name>, or unset",
+        cfg.model_spec,
+    )
+    _require(cfg.dataset in DATASETS, "dataset", ", ".join(DATASETS), cfg.dataset)
     _require(_is_int(cfg.epochs) and cfg.epochs >= 1, "epochs", "an integer >= 1", cfg.epochs)
     _require(_is_int(cfg.batch_size) and cfg.batch_size >= 1, "batch_size", "an integer >= 1", cfg.batch_size)
     _require(cfg.lr is None or (_is_num(cfg.lr) and cfg.lr > 0), "lr", "a finite number > 0", cfg.lr)
@@ -184,7 +200,20 @@ def from_mapping(values: Mapping[str, Any], base: Config | None = None, source: 
         if name not in FIELD_NAMES:
             raise ArchbenchError(f"{source}: unknown setting {key!r}; known settings: {', '.join(FIELD_NAMES)}")
         changes[name] = _coerce(name, value)
+    if "model" in changes and "model_spec" not in changes and isinstance(changes["model"], str):
+        # What a user wrote (a name or a spec), not a run's record of both: parse it.
+        from archbench.models.specs import parse
+
+        changes["model"], changes["model_spec"] = parse(changes["model"])
     return validate(dataclasses.replace(base, **changes))
+
+
+def with_model(cfg: Config, text: str) -> Config:
+    """``cfg`` for the model the user named: a registered name or a spec (``models.specs``)."""
+    from archbench.models.specs import parse
+
+    name, spec = parse(text)
+    return cfg.replace(model=name, model_spec=spec)
 
 
 def _plain(value: Any) -> bool:
@@ -263,10 +292,10 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 def resolve(cfg: Config, device_type: str = "cpu") -> Config:
     """Fill in model- and device-dependent defaults so the config fully describes the run."""
-    from archbench.models import MODELS
+    from archbench.models.specs import resolve as resolve_model
 
     if cfg.lr is None:
-        cfg = dataclasses.replace(cfg, lr=MODELS[cfg.model].default_lr)
+        cfg = dataclasses.replace(cfg, lr=resolve_model(cfg.model, cfg.model_spec).default_lr)
     if cfg.precision == "auto":
         cfg = dataclasses.replace(cfg, precision="bf16" if device_type == "cuda" else "fp32")
     return validate(cfg)
@@ -287,7 +316,7 @@ def protocol_mismatch(saved: Mapping[str, Any], cfg: Config, extending: bool = F
     now = protocol(cfg)
     diffs = []
     for k in PROTOCOL_FIELDS:
-        old = saved.get(k)
+        old = saved.get(k, LATER_PROTOCOL_DEFAULTS.get(k))
         if k == "milestones" and old is not None:
             old = list(old)
         if k == "epochs" and extending and isinstance(old, int) and old <= now[k]:
@@ -314,7 +343,7 @@ def run_config(values: Any, where: str, fix: str = RUN_CONFIG_FIX) -> Config:
     rate and a precision, not "auto".
     """
     if isinstance(values, dict):
-        missing = [k for k in PROTOCOL_FIELDS if k not in values]
+        missing = [k for k in PROTOCOL_FIELDS if k not in values and k not in LATER_PROTOCOL_DEFAULTS]
         if missing:
             raise ArchbenchError(f"{where}: setting {missing[0]!r} is missing; {fix}")
     cfg = file_settings(values, where, fix)

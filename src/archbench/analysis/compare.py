@@ -30,7 +30,7 @@ import torch
 from archbench.analysis.stats import summary
 from archbench.config import Config, read_json, resolve
 from archbench.data.pipelines import test_pipeline
-from archbench.data.sources import NUM_CLASSES, Cifar10
+from archbench.data.sources import Cifar10
 from archbench.errors import ArchbenchError
 from archbench.io_utils import atomic_write_bytes, atomic_write_text, os_error
 from archbench.io_utils import read_json as read_json_file
@@ -38,7 +38,7 @@ from archbench.models import count_parameters, forward_flops_per_image
 from archbench.schema import PERCENT, STRING, TEXT, Fields, Kind, integer, number, one_of, or_null
 from archbench.train import checkpoint, divergence
 from archbench.train.engine import evaluate
-from archbench.train.runner import CONFIG_NAME, exact_mask
+from archbench.train.runner import CONFIG_NAME, exact_mask, refuse_changed_model_of
 from archbench.train.training import build_model
 
 FINAL_NAME = "final.json"
@@ -163,7 +163,13 @@ def evaluate_run(
     ``final.json`` and ``predictions.npz`` in the run folder."""
     run_dir = Path(run_dir)
     cfg = resolve(read_json(run_dir / CONFIG_NAME), device.type)
+    if data.dataset != cfg.dataset:
+        raise ArchbenchError(
+            f"{run_dir} was trained on {cfg.dataset}, but the test images given are {data.dataset}'s "
+            f"({data.source}); pass --dataset {cfg.dataset}"
+        )
     diverged = divergence.read(run_dir)
+    refuse_changed_model_of(run_dir, cfg)
     model = build_model(cfg, device)
     evals: dict[str, Evaluation | None] = {}
     arrays: dict[str, np.ndarray] = {"index": data.test_indices(), "label": data.y_test}
@@ -224,24 +230,28 @@ def write_predictions(run_dir: Path, arrays: dict[str, np.ndarray] | None) -> No
     atomic_write_bytes(Path(run_dir) / PREDICTIONS_NAME, buf.getvalue())
 
 
-# predictions.npz's arrays: dtype kinds (integer, float, bool) and the shape of one test image's row.
-PREDICTIONS = {
-    "index": ("iu", ()),
-    "label": ("iu", ()),
-    **{
-        f"{w}_{k}": kind
-        for w in WEIGHTS
-        for k, kind in (("pred", ("iu", ())), ("loss", ("f", ())), ("logits", ("f", (NUM_CLASSES,))))
-    },
-}
+def prediction_arrays(num_classes: int) -> dict[str, tuple[str, tuple]]:
+    """predictions.npz's arrays: dtype kinds (integer, float, bool) and the shape of one test image's row."""
+    return {
+        "index": ("iu", ()),
+        "label": ("iu", ()),
+        **{
+            f"{w}_{k}": kind
+            for w in WEIGHTS
+            for k, kind in (("pred", ("iu", ())), ("loss", ("f", ())), ("logits", ("f", (num_classes,))))
+        },
+    }
+
+
 OPTIONAL_PREDICTIONS = {"exact": ("b", ())}  # only when some test images are not pixel-exact copies
 # How numpy and zipfile report a damaged archive (an OSError is the file system's, reported as such).
 _DAMAGED_ARCHIVE = (ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
 
 
-def read_predictions(run_dir: Path) -> dict[str, np.ndarray] | None:
-    """A run's checked predictions.npz as plain arrays (those named in ``PREDICTIONS``, one row per
-    test image, classes in range), or None when the run has none (it diverged at once)."""
+def read_predictions(run_dir: Path, num_classes: int) -> dict[str, np.ndarray] | None:
+    """A run's checked predictions.npz as plain arrays (those named in ``prediction_arrays``, one row
+    per test image, classes in 0..num_classes-1), or None when the run has none (it diverged at once)."""
+    expected = prediction_arrays(num_classes)
     path = Path(run_dir) / PREDICTIONS_NAME
     if not os.path.lexists(path):
         return None
@@ -250,22 +260,22 @@ def read_predictions(run_dir: Path) -> dict[str, np.ndarray] | None:
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise ArchbenchError(f"{path}: one array, not an .npz archive of arrays; {RUN_FILES_FIX}")
         with loaded as z:
-            arrays = {k: z[k] for k in z.files if k in PREDICTIONS or k in OPTIONAL_PREDICTIONS}
+            arrays = {k: z[k] for k in z.files if k in expected or k in OPTIONAL_PREDICTIONS}
     except OSError as e:
         raise os_error("read", path, e, RUN_FILES_FIX) from e
     except _DAMAGED_ARCHIVE as e:
         raise ArchbenchError(f"{path}: not a readable .npz archive ({type(e).__name__}); {RUN_FILES_FIX}") from e
     index = arrays.get("index")
     n = len(index) if index is not None and index.ndim == 1 and len(index) > 0 else None
-    for name, (kinds, row) in {**PREDICTIONS, **OPTIONAL_PREDICTIONS}.items():
+    for name, (kinds, row) in {**expected, **OPTIONAL_PREDICTIONS}.items():
         if name in arrays or name not in OPTIONAL_PREDICTIONS:
-            problem = _array_problem(name, arrays.get(name), kinds, (n, *row))
+            problem = _array_problem(name, arrays.get(name), kinds, (n, *row), num_classes)
             if problem:
                 raise ArchbenchError(f"{path}: array {name!r} {problem}; {RUN_FILES_FIX}")
     return arrays
 
 
-def _array_problem(name: str, a: np.ndarray | None, kinds: str, shape: tuple) -> str | None:
+def _array_problem(name: str, a: np.ndarray | None, kinds: str, shape: tuple, num_classes: int) -> str | None:
     """What is wrong with one array of predictions.npz (``shape[0]`` None: no valid index array)."""
     if a is None:
         return "is missing"
@@ -273,8 +283,8 @@ def _array_problem(name: str, a: np.ndarray | None, kinds: str, shape: tuple) ->
         return f"holds {a.dtype}"
     if a.shape != shape or shape[0] is None:
         return f"has shape {a.shape}, expected ({', '.join(str(d or 'N') for d in shape)}) with N >= 1 test images"
-    if name.endswith(("label", "pred")) and (a.min() < 0 or a.max() >= NUM_CLASSES):
-        return f"holds classes outside 0..{NUM_CLASSES - 1}"
+    if name.endswith(("label", "pred")) and (a.min() < 0 or a.max() >= num_classes):
+        return f"holds classes outside 0..{num_classes - 1}"
     return None
 
 

@@ -113,7 +113,7 @@ def _data_line(data_dir: str | None, download_missing: bool, offline: bool) -> s
     tried = ", ".join(str(p.resolve()) for _, p in sources.candidate_dirs(data_dir)[0])
     if target is None or offline:
         return f"not found (tried {tried}); a command needing it would stop with the ways to provide it"
-    url = fetch.archive_url(sources.OFFICIAL_URL)
+    url = fetch.archive_url(sources.get_dataset("cifar10").url)  # env describes the default dataset
     return f"not found (tried {tried}); the first command needing it downloads {url} (170 MB) into {target.resolve()}"
 
 

@@ -35,9 +35,10 @@ from archbench.analysis.compare import (
 )
 from archbench.analysis.metrics import summarize
 from archbench.config import PROTOCOL_FIELDS, Config, protocol, protocol_mismatch, read_json
+from archbench.data.datasets import get as get_dataset
 from archbench.errors import ArchbenchError
 from archbench.train import divergence, gradflow, history
-from archbench.train.runner import CONFIG_NAME
+from archbench.train.runner import CONFIG_NAME, read_model_record
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0  # the report is a pure function of the folder: same files, same intervals
@@ -58,6 +59,7 @@ class RunData:
     flow: gradflow.Flow | None = None
     landscape: dict | None = None  # landscape/landscape.json, when the run's landscape was measured
     landscape_arrays: dict[str, np.ndarray] | None = None  # landscape/landscape.npz
+    plain_twin_of: str | None = None  # the residual model this one is the shortcut-free twin of
 
     def final_correct(self) -> np.ndarray | None:
         """Per test image: did the judging weights (see ``Result.final``) classify it correctly?"""
@@ -76,7 +78,7 @@ def load_run(run_dir: Path) -> RunData:
     cfg = read_json(run_dir / CONFIG_NAME)
     records = history.read(run_dir)
     result = read_final(run_dir)
-    predictions = read_predictions(run_dir)
+    predictions = read_predictions(run_dir, get_dataset(cfg.dataset).num_classes)
     _check_agreement(run_dir, cfg, records, result, predictions, divergence.read(run_dir))
     metrics = summarize(records, planned_epochs=cfg.epochs) if records else {}
     measured = landscape.read_results(run_dir)
@@ -84,7 +86,19 @@ def load_run(run_dir: Path) -> RunData:
     if info is not None:
         _check_landscape(run_dir, cfg, result, info)
         metrics.update(landscape_metrics(info, result))
-    return RunData(run_dir, cfg, result, records, metrics, predictions, gradflow.read(run_dir), info, arrays)
+    flow = gradflow.read(run_dir)
+    return RunData(run_dir, cfg, result, records, metrics, predictions, flow, info, arrays, _twin_of(run_dir, cfg))
+
+
+def _twin_of(run_dir: Path, cfg: Config) -> str | None:
+    """What model.json says the model is the plain twin of; for runs made before model.json, the
+    registry's word on a built-in."""
+    from archbench.models import MODELS
+
+    record = read_model_record(run_dir)
+    if record is not None:
+        return record["plain_twin_of"]
+    return MODELS[cfg.model].plain_twin_of if cfg.model in MODELS else None
 
 
 def landscape_metrics(info: dict, result: Result) -> dict[str, float]:

@@ -30,11 +30,12 @@ from archbench.analysis.directions import blend, directions, move_to, state_of, 
 from archbench.analysis.probe import Probe
 from archbench.config import Config, read_json
 from archbench.data import fingerprint
+from archbench.data.datasets import get as get_dataset
 from archbench.data.sources import Cifar10
 from archbench.errors import ArchbenchError
 from archbench.io_utils import atomic_write_text, atomic_write_with, make_dirs
 from archbench.train import checkpoint
-from archbench.train.runner import CONFIG_NAME, hold_out_validation, take_subsets
+from archbench.train.runner import CONFIG_NAME, hold_out_validation, refuse_changed_model_of, take_subsets
 from archbench.train.training import build_model
 
 KINDS = ("1d", "2d", "interp", "hessian")
@@ -130,6 +131,7 @@ def load_subject(run_dir: Path, weights: str, device: torch.device) -> Subject:
             f"{path} holds {ckpt['model_name']!r} weights but {run_dir / CONFIG_NAME} is of {cfg.model!r}; "
             f"the folder mixes two runs — train it again"
         )
+    refuse_changed_model_of(run_dir, cfg)
     model = build_model(cfg.replace(device=str(device)), device)
     checkpoint.load_weights(model, ckpt["model"], path, cfg.model)
     return Subject(run_dir, cfg, model.eval(), path.stem, int(ckpt["epoch"]), digest(model))
@@ -384,7 +386,7 @@ def measure_run(
         return done
     make_dirs(folder)
     x, y = probe_data(subject.run_dir, subject.cfg)
-    probe = Probe(subject.model, x, y, s.images, device, EVAL_BATCH)
+    probe = Probe(subject.model, x, y, s.images, device, EVAL_BATCH, get_dataset(subject.cfg.dataset))
     grids = Grids(folder / PARTIAL, key, log)
     started = time.perf_counter()
     arrays = surfaces(subject, probe, s, grids, bar)
@@ -465,7 +467,7 @@ def between_seeds(
     a = load_subject(run_a, s.weights, device)
     b = load_subject(run_b, s.weights, device)
     x, y = probe_data(b.run_dir, b.cfg)
-    probe = Probe(b.model, x, y, s.images, device, EVAL_BATCH)
+    probe = Probe(b.model, x, y, s.images, device, EVAL_BATCH, get_dataset(b.cfg.dataset))
     key = json.dumps({"settings": s.record(), "a": a.digest, "b": b.digest}, sort_keys=True)
     name = f"seeds_{b.cfg.model}"
     grids = Grids(out_dir / f"interp_{name}.partial.npz", key, log)

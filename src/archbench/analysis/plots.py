@@ -22,7 +22,7 @@ from archbench.train import gradflow, history
 from archbench.train.runner import CONFIG_NAME
 
 METRICS = (("loss", "Loss (log scale)"), ("acc", "Accuracy (%)"))
-CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+MAX_TICK_LABELS = 20  # beyond this many classes (CIFAR-100) a confusion matrix labels every 10th
 
 
 def _pyplot():
@@ -146,7 +146,7 @@ def plot_per_seed(values: dict[str, list[tuple[int, float]]], path: Path, ylabel
     return _save(fig, path)
 
 
-def plot_confusion(matrices: dict[str, np.ndarray], path: Path) -> Path:
+def plot_confusion(matrices: dict[str, np.ndarray], path: Path, classes: tuple[str, ...]) -> Path:
     """Row-normalised confusion matrices (true class down, predicted across), one panel per model."""
     plt = _pyplot()
     fig, axes = plt.subplots(
@@ -157,8 +157,13 @@ def plot_confusion(matrices: dict[str, np.ndarray], path: Path) -> Path:
         with np.errstate(invalid="ignore", divide="ignore"):
             rows = 100.0 * m / m.sum(axis=1, keepdims=True)
         im = ax.imshow(rows, vmin=0, vmax=100, cmap="Blues")
-        ax.set_xticks(range(10), [c[:4] for c in CLASS_NAMES], fontsize=7, rotation=90)
-        ax.set_yticks(range(10), [c[:4] for c in CLASS_NAMES], fontsize=7)
+        if len(classes) <= MAX_TICK_LABELS:
+            ax.set_xticks(range(len(classes)), [c[:4] for c in classes], fontsize=7, rotation=90)
+            ax.set_yticks(range(len(classes)), [c[:4] for c in classes], fontsize=7)
+        else:
+            ticks = range(0, len(classes), 10)
+            ax.set_xticks(ticks, [str(t) for t in ticks], fontsize=7)
+            ax.set_yticks(ticks, [f"{t} {classes[t][:8]}" for t in ticks], fontsize=7)
         ax.set(title=model, xlabel="predicted")
     axes[0][0].set_ylabel("true class")
     fig.colorbar(im, ax=axes[0].tolist(), label="% of the true class", shrink=0.8)

@@ -16,23 +16,29 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from archbench.data.pipelines import MEAN, STD
-from archbench.data.sources import NUM_CLASSES
+from archbench.data.datasets import DatasetInfo
 from archbench.data.subsets import balanced_indices
 from archbench.train.training import channels_last
 
 
 class Probe:
-    """``model`` (put in eval mode) and ``images`` of ``x``/``y``, batched on ``device``."""
+    """``model`` (put in eval mode) and ``images`` of ``x``/``y`` (images of dataset ``ds``), batched on ``device``."""
 
     def __init__(
-        self, model: nn.Module, x: np.ndarray, y: np.ndarray, images: int, device: torch.device, batch_size: int
+        self,
+        model: nn.Module,
+        x: np.ndarray,
+        y: np.ndarray,
+        images: int,
+        device: torch.device,
+        batch_size: int,
+        ds: DatasetInfo,
     ):
-        idx = balanced_indices(y, images, NUM_CLASSES, "--images")
+        idx = balanced_indices(y, images, ds.num_classes, "--images")
         self.model = model.eval()
         self.images = len(idx)
-        mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+        mean = torch.tensor(ds.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(ds.std, device=device).view(1, 3, 1, 1)
         xs = torch.from_numpy(np.ascontiguousarray(x[idx])).to(device).permute(0, 3, 1, 2).float().div_(255.0)
         xs = (xs - mean) / std
         if channels_last(device):

@@ -24,14 +24,15 @@ from archbench.analysis.compare import selection_note, table_markdown
 from archbench.analysis.evidence import RunData, accuracy_evidence, accuracy_line, load
 from archbench.analysis.metrics import METRIC_LABELS
 from archbench.analysis.stats import summary
-from archbench.data.sources import NUM_CLASSES
+from archbench.data.datasets import DatasetInfo
+from archbench.data.datasets import get as get_dataset
 from archbench.io_utils import atomic_write_text
 
-# The study's published single-run results (SPEC.md): test accuracy (%) and test loss.
+# The study's published single-run results (SPEC.md), on CIFAR-10: test accuracy (%) and test loss.
 STUDY = {"resnet18": (94.99, 0.1937), "vgg19_bn": (92.87, 0.3345)}
+STUDY_DATASET = "cifar10"
 STUDY_EPOCHS = 100
-CHANCE_PP = 100.0 / NUM_CLASSES
-NEAR_CHANCE_FACTOR = 2.0  # a final accuracy below twice chance (20%) has learned little
+NEAR_CHANCE_FACTOR = 2.0  # a final accuracy below twice chance (20% on CIFAR-10) has learned little
 FULL_TEST_SET = 10_000
 LABEL_COLORS = {
     verdict_rules.SUPPORTED: "#1b7f3b",
@@ -47,10 +48,16 @@ def _mean(values) -> float:
     return float(np.mean([v for v in values if v is not None])) if any(v is not None for v in values) else math.nan
 
 
+def dataset_of(runs: dict[str, list[RunData]]) -> DatasetInfo:
+    """The dataset every compared run trained on (loading refuses folders that mix datasets)."""
+    return get_dataset(next(iter(runs.values()))[0].cfg.dataset)
+
+
 def warnings(runs: dict[str, list[RunData]]) -> list[str]:
     """The caveats a reader must see before any number."""
     out = []
     cfg = next(iter(runs.values()))[0].cfg
+    chance_pp = 100.0 / dataset_of(runs).num_classes
     first_step = cfg.milestones[0] if cfg.milestones else None
     if first_step is None or cfg.epochs <= first_step:
         out.append(
@@ -63,9 +70,9 @@ def warnings(runs: dict[str, list[RunData]]) -> list[str]:
         out.append(f"{cfg.epochs} epochs, not the study's {STUDY_EPOCHS}: the study's figures are not comparable.")
     for model, rs in runs.items():
         acc = _mean([r.result.final and r.result.final.acc for r in rs])
-        if math.isfinite(acc) and acc < NEAR_CHANCE_FACTOR * CHANCE_PP:
+        if math.isfinite(acc) and acc < NEAR_CHANCE_FACTOR * chance_pp:
             out.append(
-                f"{model}'s final accuracy ({acc:.1f}%) is near chance ({CHANCE_PP:.0f}%): it has learned "
+                f"{model}'s final accuracy ({acc:.1f}%) is near chance ({chance_pp:.0f}%): it has learned "
                 f"little, and differences involving it say nothing about architectures."
             )
     images = next(iter(runs.values()))[0].result.images
@@ -116,7 +123,11 @@ def _results_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Block
     blocks: list[Block] = [("h2", "Results"), ("md", table_markdown(results))]
     # The study's Δ (first model − each other), then any pair a verdict judges that it misses.
     compared = [(models[0], b) for b in models[1:]]
-    compared += [(a, b) for a, b, _ in verdict_rules.pairs(models) if (a, b) not in compared and (b, a) not in compared]
+    compared += [
+        (a, b)
+        for a, b, _ in verdict_rules.pairs(models, verdict_rules.twins(runs))
+        if (a, b) not in compared and (b, a) not in compared
+    ]
     evidence = [(a, b, accuracy_evidence(runs[a], runs[b])) for a, b in compared]
     blocks.append(("list", [accuracy_line(a, b, ev) for a, b, ev in evidence]))
     rows = [_evidence_row(a, b, ev) for a, b, ev in evidence if ev is not None]
@@ -145,7 +156,8 @@ def _results_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Block
                 "column is the smallest true difference this many seeds would detect at this spread.",
             ),
         ]
-    study = [[m, f"{STUDY[m][0]:.2f}", f"{STUDY[m][1]:.4f}"] for m in models if m in STUDY]
+    on_study_data = dataset_of(runs).name == STUDY_DATASET
+    study = [[m, f"{STUDY[m][0]:.2f}", f"{STUDY[m][1]:.4f}"] for m in models if m in STUDY and on_study_data]
     if study:
         blocks += [
             (
@@ -208,9 +220,11 @@ def _classwise_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Blo
     arrays = {m: a for m, a in arrays.items() if a}
     if not arrays:
         return []
-    acc = {m: np.mean([per_class_accuracy(p, y, NUM_CLASSES) for p, y, _ in a], axis=0) for m, a in arrays.items()}
-    rows = [[name] + [f"{acc[m][c]:.1f}" for m in arrays] for c, name in enumerate(plots.CLASS_NAMES)]
-    mats = {m: sum(confusion(p, y, NUM_CLASSES) for p, y, _ in a) for m, a in arrays.items()}
+    ds = dataset_of(runs)
+    n = ds.num_classes
+    acc = {m: np.mean([per_class_accuracy(p, y, n) for p, y, _ in a], axis=0) for m, a in arrays.items()}
+    rows = [[name] + [f"{acc[m][c]:.1f}" for m in arrays] for c, name in enumerate(ds.classes)]
+    mats = {m: sum(confusion(p, y, n) for p, y, _ in a) for m, a in arrays.items()}
     cal = {
         m: calibration(np.concatenate([l for _, _, l in a]), np.concatenate([y for _, y, _ in a]))
         for m, a in arrays.items()
@@ -220,7 +234,7 @@ def _classwise_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Blo
         ("table", ["Class"] + [f"{m} acc (%)" for m in arrays], rows),
         (
             "img",
-            plots.plot_confusion(mats, out_dir / "confusion.png"),
+            plots.plot_confusion(mats, out_dir / "confusion.png", ds.classes),
             "Confusion matrices of the final weights, summed over seeds, each row normalised",
         ),
         ("h3", "Calibration"),

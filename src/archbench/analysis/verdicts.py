@@ -246,16 +246,29 @@ def _accuracy_label(test: Test) -> str:
     return CONTRADICTED if test.favours(-1) else NOT_SHOWN
 
 
-def pairs(models: list[str]) -> list[tuple[str, str, bool]]:
-    """(resnet, other, other is its same-depth plain twin) for every pair that gets verdicts."""
+def pairs(models: list[str], twin_of: dict[str, str] | None = None) -> list[tuple[str, str, bool]]:
+    """(residual, other, other is its plain twin) for every pair that gets verdicts.
+
+    Residual models are the resnets and every compared model another one is declared the plain twin
+    of (``twin_of``: plain model -> residual model, from the models' metadata; a twin of a model not
+    compared is ignored); by name, plainN is the twin of resnetN. A plain model is compared only with
+    its own residual model.
+    """
+    declared = {p: r for p, r in (twin_of or {}).items() if r in models}
+    twin_of = {**{m: f"resnet{m[len('plain') :]}" for m in models if m.startswith("plain")}, **declared}
+    residual = [m for m in models if m.startswith("resnet") or m in twin_of.values()]
     out = []
-    for a in (m for m in models if m.startswith("resnet")):
-        twin = f"plain{a[len('resnet') :]}"
+    for a in residual:
         for b in models:
-            if b.startswith("resnet") or (b.startswith("plain") and b != twin):
+            if b in residual or (b in twin_of and twin_of[b] != a):
                 continue
-            out.append((a, b, b == twin))
+            out.append((a, b, twin_of.get(b) == a))
     return out
+
+
+def twins(runs: dict[str, list[RunData]]) -> dict[str, str]:
+    """plain model -> its residual model, as the compared runs' model records declare."""
+    return {m: rs[0].plain_twin_of for m, rs in runs.items() if rs and rs[0].plain_twin_of}
 
 
 def verdicts(
@@ -264,7 +277,7 @@ def verdicts(
     """Every verdict the compared models allow, decided with one Holm correction over all their tests.
     ``with_curvature`` False leaves H3 out (landscapes measured with different settings)."""
     out: list[Verdict] = []
-    for a, b, twin in pairs(list(runs)):
+    for a, b, twin in pairs(list(runs), twins(runs)):
         out.append(h1(runs[a], runs[b]))
         out += h2(runs[a], runs[b], twin, min_effect_pp)
         if twin and with_curvature and has_curvature(runs[a]) and has_curvature(runs[b]):

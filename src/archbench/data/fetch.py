@@ -1,4 +1,4 @@
-"""Fetching the official CIFAR-10 archive into a per-user cache, once.
+"""Fetching an official dataset archive (CIFAR-10, CIFAR-100) into a per-user cache, once.
 
 The archive is streamed into a temp file in the cache folder while its MD5 is computed,
 and renamed into place only when the MD5 matches the official one: a partial, damaged or
@@ -23,6 +23,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -32,7 +33,7 @@ from archbench.io_utils import atomic_write_with, make_dirs, os_error
 CACHE_VAR = "ARCHBENCH_CACHE"
 OFFLINE_VAR = "ARCHBENCH_OFFLINE"
 URL_VAR = "ARCHBENCH_CIFAR10_URL"  # a mirror serving the official archive; its MD5 is still checked
-CACHE_SUBDIR = "cifar10"
+CACHE_SUBDIR = "cifar10"  # the default dataset's folder in the cache; each dataset has its own
 CHUNK_BYTES = 1 << 16  # small enough for the progress bar to move on a slow link
 # Seconds without a byte from the server before the download is given up (not a limit on its length).
 STALL_TIMEOUT_S = 60
@@ -57,9 +58,9 @@ def user_cache_dir() -> Path:
     return (Path(xdg) if xdg and Path(xdg).is_absolute() else home / ".cache") / "archbench"
 
 
-def data_cache_dir() -> Path:
-    """Where a downloaded CIFAR-10 lives."""
-    return user_cache_dir() / CACHE_SUBDIR
+def data_cache_dir(dataset: str = CACHE_SUBDIR) -> Path:
+    """Where a downloaded dataset lives (``dataset``: its name, e.g. cifar10)."""
+    return user_cache_dir() / dataset
 
 
 def offline_from_env() -> bool:
@@ -74,8 +75,9 @@ def offline_from_env() -> bool:
     )
 
 
-def archive_url(default: str) -> str:
-    return os.environ.get(URL_VAR) or default
+def archive_url(default: str, var: str = URL_VAR) -> str:
+    """The official URL, or the mirror the environment variable ``var`` names."""
+    return os.environ.get(var) or default
 
 
 class DownloadError(ArchbenchError):
@@ -83,26 +85,36 @@ class DownloadError(ArchbenchError):
 
 
 def fetch(
-    url: str, dest: Path, md5: str, *, fix: str, quiet: bool = False, log: Callable[[str], None] = print_err
+    url: str,
+    dest: Path,
+    md5: str,
+    *,
+    fix: str,
+    quiet: bool = False,
+    log: Callable[[str], None] = print_err,
+    what: str = "CIFAR-10",
+    url_var: str = URL_VAR,
 ) -> Path:
     """Download ``url`` to ``dest`` unless it is there already; only a file with ``md5`` lands.
 
     ``fix`` says what to do when ``dest``'s folder cannot hold the file (it names the setting
-    that chose the folder).
+    that chose the folder); ``what`` names the dataset in messages, ``url_var`` the variable that
+    may have named a mirror.
     """
-    log(f"CIFAR-10 not found; downloading {url} into {dest.parent} (once; --offline forbids this)")
+    log(f"{what} not found; downloading {url} into {dest.parent} (once; --offline forbids this)")
+    source = _Source(url, what, dest.name, url_var)
     started = time.perf_counter()
     try:
         make_dirs(dest.parent)
-        with _download_lock(dest, log) as locked:
+        with _download_lock(dest, log, what) as locked:
             if dest.is_file():  # another process fetched it while this one waited for the lock
                 log(f"another process downloaded {dest}; using it")
                 return dest
             if locked:  # no other download can be running: its temp files are leftovers of a killed one
                 _remove_stale_temps(dest)
-            with _open(url) as response:
+            with _open(source) as response:
                 size = _content_length(response)
-                atomic_write_with(dest, lambda f: _stream(response, f, url, md5, size, quiet))
+                atomic_write_with(dest, lambda f: _stream(response, f, source, md5, size, quiet))
     except DownloadError:
         raise
     except ArchbenchError as e:  # the folder or the file could not be made: keep the reason, name the fix
@@ -115,23 +127,33 @@ def fetch(
     return dest
 
 
-def _source(url: str) -> str:
-    return f"{url} (from {URL_VAR})" if os.environ.get(URL_VAR) else url
+@dataclass(frozen=True)
+class _Source:
+    """What is downloaded, for messages: the URL, the dataset's name, the archive's file name,
+    and the variable that names a mirror."""
+
+    url: str
+    what: str
+    archive: str
+    url_var: str
+
+    def __str__(self) -> str:
+        return f"{self.url} (from {self.url_var})" if os.environ.get(self.url_var) == self.url else self.url
 
 
-def _network_error(url: str, e: BaseException) -> DownloadError:
+def _network_error(source: _Source, e: BaseException) -> DownloadError:
     reason = getattr(e, "reason", None) or e
     return DownloadError(
-        f"downloading CIFAR-10 from {_source(url)} failed ({type(e).__name__}: {reason}); check the network "
-        f"(and the URL), or download cifar-10-python.tar.gz by hand and pass --data-dir (nothing was kept)"
+        f"downloading {source.what} from {source} failed ({type(e).__name__}: {reason}); check the network "
+        f"(and the URL), or download {source.archive} by hand and pass --data-dir (nothing was kept)"
     )
 
 
-def _open(url: str):
+def _open(source: _Source):
     try:
-        return urllib.request.urlopen(url, timeout=STALL_TIMEOUT_S)
+        return urllib.request.urlopen(source.url, timeout=STALL_TIMEOUT_S)
     except (OSError, http.client.HTTPException, ValueError) as e:  # URLError and HTTPError are OSErrors
-        raise _network_error(url, e) from e
+        raise _network_error(source, e) from e
 
 
 def _content_length(response) -> int | None:
@@ -142,17 +164,17 @@ def _content_length(response) -> int | None:
     return n if n > 0 else None
 
 
-def _stream(response, f: IO[bytes], url: str, md5: str, size: int | None, quiet: bool) -> None:
+def _stream(response, f: IO[bytes], source: _Source, md5: str, size: int | None, quiet: bool) -> None:
     """Copy the response into ``f``; network failures and a wrong MD5 are errors of the download,
     a failed write (disk full) is the cache's, reported by the atomic writer."""
     digest = hashlib.md5()
     done = 0
-    with _progress(size, quiet) as bar:
+    with _progress(size, quiet, source.what) as bar:
         while True:
             try:
                 chunk = response.read(CHUNK_BYTES)
             except (OSError, http.client.HTTPException) as e:
-                raise _network_error(url, e) from e
+                raise _network_error(source, e) from e
             if not chunk:
                 break
             f.write(chunk)
@@ -161,31 +183,31 @@ def _stream(response, f: IO[bytes], url: str, md5: str, size: int | None, quiet:
             bar(len(chunk))
     if size is not None and done != size:
         raise DownloadError(
-            f"downloading CIFAR-10 from {_source(url)} ended after {done:,} of {size:,} bytes; the connection broke — "
+            f"downloading {source.what} from {source} ended after {done:,} of {size:,} bytes; the connection broke — "
             f"run the command again (nothing was kept)"
         )
     if digest.hexdigest() != md5:
         raise DownloadError(
-            f"the file downloaded from {_source(url)} has MD5 {digest.hexdigest()}, not the official archive's {md5}; "
-            f"it is damaged or not CIFAR-10 (a proxy or login page can answer instead) — run the command again, "
-            f"or download cifar-10-python.tar.gz by hand and pass --data-dir (nothing was kept)"
+            f"the file downloaded from {source} has MD5 {digest.hexdigest()}, not the official archive's {md5}; "
+            f"it is damaged or not {source.what} (a proxy or login page can answer instead) — run the command again, "
+            f"or download {source.archive} by hand and pass --data-dir (nothing was kept)"
         )
 
 
 @contextmanager
-def _progress(total: int | None, quiet: bool) -> Iterator[Callable[[int], object]]:
+def _progress(total: int | None, quiet: bool, what: str) -> Iterator[Callable[[int], object]]:
     """A tqdm byte counter on a terminal; nothing otherwise (logs stay clean)."""
     if quiet or not sys.stderr.isatty():
         yield lambda n: None
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc="CIFAR-10", leave=False) as bar:
+    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=what, leave=False) as bar:
         yield bar.update
 
 
 @contextmanager
-def _download_lock(dest: Path, log: Callable[[str], None]) -> Iterator[bool]:
+def _download_lock(dest: Path, log: Callable[[str], None], what: str) -> Iterator[bool]:
     """Hold ``.NAME.lock`` beside ``dest`` while downloading; yields whether a lock is held.
 
     A second process waits (and says so), then finds the archive. Where the file system has
@@ -204,7 +226,7 @@ def _download_lock(dest: Path, log: Callable[[str], None]) -> Iterator[bool]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                log(f"another archbench process is downloading CIFAR-10 into {dest.parent}; waiting for it")
+                log(f"another archbench process is downloading {what} into {dest.parent}; waiting for it")
                 fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:
             os.close(fd)

@@ -29,6 +29,7 @@ def fingerprint(data: Cifar10) -> dict[str, str]:
         "train": _digest(data.x_train, data.y_train),
         "test": _digest(data.x_test, data.y_test),
         "source": data.source,
+        "dataset": data.dataset,
     }
 
 

@@ -7,7 +7,8 @@
   kept to check the fast path against.
 
 Both implement the study's augmentation: zero-padded RandomCrop(32, padding=4) and
-RandomHorizontalFlip(0.5), then Normalize(MEAN, STD); test images are only normalised.
+RandomHorizontalFlip(0.5), then Normalize with the dataset's own mean and std; test images
+are only normalised.
 Every training image is seen exactly once per epoch, the last partial batch included.
 The order and augmentation of epoch e are seeded from (seed, e) (for ``reference`` with
 workers; with ``workers=0`` its transforms draw from the global RNG, which checkpoints
@@ -26,8 +27,6 @@ import torch.nn.functional as F
 
 from archbench.data.sources import Cifar10
 
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2470, 0.2435, 0.2616)
 PAD = 4  # pixels of zero padding before the 32x32 random crop
 SIZE = 32
 # Evaluation is per image (BN in eval mode), so its batch size only trades memory for
@@ -70,8 +69,8 @@ class FastPipeline:
         self.x_test = to_nchw(data.x_test)
         self.y_test = torch.from_numpy(data.y_test).to(self.device)
         self.train_size, self.test_size = len(data.y_train), len(data.y_test)
-        self._mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
+        self._mean = torch.tensor(data.info.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(data.info.std, device=self.device).view(1, 3, 1, 1)
         self._window = torch.arange(SIZE, device=self.device)
         self._channels = torch.arange(3, device=self.device).view(1, 3, 1, 1)
 
@@ -137,7 +136,7 @@ class ReferencePipeline:
         from torchvision import transforms as T
 
         self.seed, self.device = seed, torch.device(device)
-        normalize = [T.ToTensor(), T.Normalize(MEAN, STD)]
+        normalize = [T.ToTensor(), T.Normalize(data.info.mean, data.info.std)]
         train_tf = T.Compose([T.RandomCrop(SIZE, padding=PAD), T.RandomHorizontalFlip(), *normalize])
         self._generator = torch.Generator()
 

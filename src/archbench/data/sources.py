@@ -1,10 +1,14 @@
-"""Finding and reading CIFAR-10 from disk, in whichever form the user has it.
+"""Finding and reading CIFAR-10 and CIFAR-100 from disk, in whichever form the user has it.
 
 Supported forms, all returning the same uint8 HWC arrays in the official order:
-- the compressed numpy folder (``train-0..4.npz.xz``, ``test.npz.xz``, optional ``SHA256SUMS``);
-- the official "CIFAR-10 python version": the ``cifar-10-batches-py`` folder or
-  ``cifar-10-python.tar.gz`` (checked against the official MD5s);
+- the compressed numpy folder (``train-0..k.npz.xz``, ``test.npz.xz``, optional ``SHA256SUMS``);
+  for CIFAR-100 the labels are the fine labels (0..99);
+- the official "python version": the ``cifar-10-batches-py`` / ``cifar-100-python`` folder or
+  ``cifar-10-python.tar.gz`` / ``cifar-100-python.tar.gz`` (checked against the official MD5s);
 - nothing yet: the official archive is then downloaded into the per-user cache (``fetch``).
+
+What differs between the datasets (file names, MD5s, class count) comes from their
+``DatasetInfo``; every function takes one and defaults to CIFAR-10.
 
 The official batches are pickles; they are read with an unpickler that only admits the
 few numpy types the format uses, so loading a file never runs code from it.
@@ -40,39 +44,35 @@ from pathlib import Path
 import numpy as np
 
 from archbench.data import fetch
+from archbench.data.datasets import DEFAULT as DEFAULT_DATASET
+from archbench.data.datasets import DatasetInfo
+from archbench.data.datasets import get as get_dataset
 from archbench.errors import ArchbenchError
 from archbench.io_utils import os_error, read_text
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-NUM_CLASSES = len(CLASSES)
-
-OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-OFFICIAL_ARCHIVE = "cifar-10-python.tar.gz"
-OFFICIAL_FOLDER = "cifar-10-batches-py"
-OFFICIAL_ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
-OFFICIAL_BATCH_MD5 = {
-    "data_batch_1": "c99cafc152244af753f735de768cd75f",
-    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
-    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
-    "data_batch_4": "634d18415352ddfa80567beed471001a",
-    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
-    "test_batch": "40351d587109b95175f43aff81a1287e",
-}
-TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-SHARED_DEFAULT = Path("..") / "shared" / "data" / "cifar10"
+SHARED_ROOT = Path("..") / "shared" / "data"
 ENV_VAR = "ARCHBENCH_DATA"
 
-HOW_TO_PROVIDE = (
-    "provide CIFAR-10 in one of these ways: pass --data-dir DIR (or set ARCHBENCH_DATA=DIR) "
-    "pointing at a cifar-10-batches-py folder, a cifar-10-python.tar.gz or a folder of "
-    "*.npz.xz files; put one of those under ./data; or let archbench download the official "
-    "archive (leave out --offline and unset ARCHBENCH_OFFLINE; with --data-dir, add --download)"
-)
+
+def _dataset(ds: DatasetInfo | None) -> DatasetInfo:
+    """``ds``, or CIFAR-10 as ``datasets.DATASETS`` holds it now (looked up at each call)."""
+    return ds if ds is not None else get_dataset(DEFAULT_DATASET)
+
+
+def how_to_provide(ds: DatasetInfo) -> str:
+    ds = _dataset(ds)
+    return (
+        f"provide {ds.title} in one of these ways: pass --data-dir DIR (or set ARCHBENCH_DATA=DIR) "
+        f"pointing at a {ds.folder} folder, a {ds.archive} or a folder of "
+        f"*.npz.xz files; put one of those under ./data; or let archbench download the official "
+        f"archive (leave out --offline and unset ARCHBENCH_OFFLINE; with --data-dir, add --download)"
+    )
 
 
 @dataclass(frozen=True)
 class Cifar10:
-    """CIFAR-10 as uint8 arrays, HWC layout, official order."""
+    """A CIFAR dataset (CIFAR-10, or CIFAR-100 with ``dataset="cifar100"``) as uint8 arrays,
+    HWC layout, official order."""
 
     x_train: np.ndarray  # (N, 32, 32, 3) uint8
     y_train: np.ndarray  # (N,) int64
@@ -82,6 +82,15 @@ class Cifar10:
     source: str  # human-readable: format and path
     checksums: str = "not checked"  # what the files were verified against, for reports
     test_index: np.ndarray | None = None  # (M,) official test index of each image; None: 0..M-1
+    dataset: str = DEFAULT_DATASET  # a key of datasets.DATASETS
+
+    @property
+    def info(self) -> DatasetInfo:
+        return get_dataset(self.dataset)
+
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
 
     def test_indices(self) -> np.ndarray:
         return np.arange(len(self.y_test)) if self.test_index is None else self.test_index
@@ -96,12 +105,13 @@ class Found:
     path: Path
 
 
-def detect(path: Path) -> Found | None:
-    """Which CIFAR-10 form, if any, lives at ``path`` (a folder or an archive).
+def detect(path: Path, ds: DatasetInfo | None = None) -> Found | None:
+    """Which form of ``ds``, if any, lives at ``path`` (a folder or an archive).
 
     A name counts when anything has it — a folder, a dangling or looping link — so that a
     damaged file is reported by its reader rather than passed over as "CIFAR-10 not found".
     """
+    ds = _dataset(ds)
     path = Path(path)
     there = os.path.lexists
     if path.name.endswith((".tar.gz", ".tgz")) and there(path) and not path.is_dir():
@@ -110,22 +120,23 @@ def detect(path: Path) -> Found | None:
         return None
     if there(path / "test.npz.xz") or there(path / "train-0.npz.xz"):
         return Found("npz-xz", path)
-    if there(path / "data_batch_1") or there(path / "test_batch"):
+    if there(path / ds.train_files[0]) or there(path / ds.test_file):
         return Found("python-folder", path)
-    if there(path / OFFICIAL_FOLDER):
-        return Found("python-folder", path / OFFICIAL_FOLDER)
-    if there(path / OFFICIAL_ARCHIVE):
-        return Found("python-archive", path / OFFICIAL_ARCHIVE)
+    if there(path / ds.folder):
+        return Found("python-folder", path / ds.folder)
+    if there(path / ds.archive):
+        return Found("python-archive", path / ds.archive)
     return None
 
 
-def candidate_dirs(data_dir: str | None) -> tuple[list[tuple[str, Path]], bool]:
+def candidate_dirs(data_dir: str | None, ds: DatasetInfo | None = None) -> tuple[list[tuple[str, Path]], bool]:
     """Places to look, in order, and whether the first one was named by the user.
 
     A place the user named (--data-dir, or ARCHBENCH_DATA) is authoritative: if it holds
     no data, that is an error rather than a silent fall-back to another copy. Otherwise the
     last place is the per-user cache a download goes to.
     """
+    ds = _dataset(ds)
     if data_dir:
         return [("--data-dir", Path(data_dir))], True
     env = os.environ.get(ENV_VAR)
@@ -133,54 +144,69 @@ def candidate_dirs(data_dir: str | None) -> tuple[list[tuple[str, Path]], bool]:
         return [(ENV_VAR, Path(env))], True
     return [
         ("./data", Path("data")),
-        ("../shared/data/cifar10", SHARED_DEFAULT),
-        ("the cache", fetch.data_cache_dir()),
+        (f"../shared/data/{ds.name}", SHARED_ROOT / ds.name),
+        ("the cache", fetch.data_cache_dir(ds.name)),
     ], False
 
 
-def find(data_dir: str | None) -> Found | None:
-    """The first place in the search order that holds CIFAR-10, if any."""
-    places, _ = candidate_dirs(data_dir)
-    return next((found for _, path in places if (found := detect(path))), None)
+def find(data_dir: str | None, ds: DatasetInfo | None = None) -> Found | None:
+    """The first place in the search order that holds ``ds``, if any."""
+    ds = _dataset(ds)
+    places, _ = candidate_dirs(data_dir, ds)
+    return next((found for _, path in places if (found := detect(path, ds))), None)
 
 
-def not_found(data_dir: str | None, offline: bool, download_missing: bool = False) -> ArchbenchError:
-    places, _ = candidate_dirs(data_dir)
+def not_found(
+    data_dir: str | None, offline: bool, download_missing: bool = False, ds: DatasetInfo | None = None
+) -> ArchbenchError:
+    ds = _dataset(ds)
+    places, _ = candidate_dirs(data_dir, ds)
     tried = "; ".join(f"{label} = {path.resolve()}" for label, path in places)
-    off = offline and download_target(data_dir, download_missing) is not None
+    off = offline and download_target(data_dir, download_missing, ds) is not None
     why = " and downloading is off (--offline or ARCHBENCH_OFFLINE)" if off else ""
-    return ArchbenchError(f"CIFAR-10 not found (tried {tried}){why}; {HOW_TO_PROVIDE}")
+    return ArchbenchError(f"{ds.title} not found (tried {tried}){why}; {how_to_provide(ds)}")
 
 
-def locate(data_dir: str | None) -> Found:
-    found = find(data_dir)
+def locate(data_dir: str | None, ds: DatasetInfo | None = None) -> Found:
+    ds = _dataset(ds)
+    found = find(data_dir, ds)
     if found is None:
-        raise not_found(data_dir, offline=False)
+        raise not_found(data_dir, offline=False, ds=ds)
     return found
 
 
-def download_target(data_dir: str | None, download_missing: bool) -> Path | None:
-    """Where a missing CIFAR-10 would be downloaded to: a named place only with --download,
+def download_target(data_dir: str | None, download_missing: bool, ds: DatasetInfo | None = None) -> Path | None:
+    """Where a missing dataset would be downloaded to: a named place only with --download,
     else the per-user cache."""
-    places, named = candidate_dirs(data_dir)
+    ds = _dataset(ds)
+    places, named = candidate_dirs(data_dir, ds)
     if named:
         return places[0][1] if download_missing else None
     return places[-1][1]
 
 
-def download(root: Path, *, named: bool, quiet: bool = False) -> Found:
+def download(root: Path, *, named: bool, quiet: bool = False, ds: DatasetInfo | None = None) -> Found:
     """Fetch the official archive into ``root`` (kept as the .tar.gz; read in place)."""
-    room = "free 170 MB there"
+    ds = _dataset(ds)
+    room = f"free {ds.archive_mb} MB there"
     fix = (
         f"{room} or pass another --data-dir"
         if named
         else f"{room}, set {fetch.CACHE_VAR} to another folder, or pass --data-dir DIR --download"
     )
-    dest = Path(root) / OFFICIAL_ARCHIVE
-    fetch.fetch(fetch.archive_url(OFFICIAL_URL), dest, OFFICIAL_ARCHIVE_MD5, fix=fix, quiet=quiet)
-    found = detect(root)
+    dest = Path(root) / ds.archive
+    fetch.fetch(
+        fetch.archive_url(ds.url, ds.url_var),
+        dest,
+        ds.archive_md5,
+        fix=fix,
+        quiet=quiet,
+        what=ds.title,
+        url_var=ds.url_var,
+    )
+    found = detect(root, ds)
     if not found:
-        raise ArchbenchError(f"download into {root} finished but no CIFAR-10 was found there")
+        raise ArchbenchError(f"download into {root} finished but no {ds.title} was found there")
     return found
 
 
@@ -192,23 +218,26 @@ def load_cifar10(
     verify: bool = True,
     with_train: bool = True,
     quiet: bool = False,
+    ds: DatasetInfo | None = None,
 ) -> Cifar10:
-    """Find CIFAR-10 (see ``candidate_dirs``), download it if it is nowhere and the network
-    is allowed (``offline``, or ``ARCHBENCH_OFFLINE``, forbids it), check and load it."""
-    found = find(data_dir)
+    """Find the dataset ``ds`` (default: CIFAR-10, as ``datasets.DATASETS`` holds it; see
+    ``candidate_dirs``), download it if it is nowhere and the network is allowed (``offline``, or
+    ``ARCHBENCH_OFFLINE``, forbids it), check and load it."""
+    ds = _dataset(ds)
+    found = find(data_dir, ds)
     if found is None:
         offline = offline or fetch.offline_from_env()
-        target = download_target(data_dir, download_missing)
+        target = download_target(data_dir, download_missing, ds)
         if target is None or offline:
-            raise not_found(data_dir, offline, download_missing)
-        found = download(target, named=candidate_dirs(data_dir)[1], quiet=quiet)
+            raise not_found(data_dir, offline, download_missing, ds)
+        found = download(target, named=candidate_dirs(data_dir, ds)[1], quiet=quiet, ds=ds)
     reader = {"npz-xz": read_npz_xz, "python-folder": read_python_folder, "python-archive": read_python_archive}[
         found.kind
     ]
     try:
-        data = reader(found.path, verify=verify, with_train=with_train)
+        data = reader(found.path, verify=verify, with_train=with_train, ds=ds)
     except ArchbenchError as e:
-        if found.path.parent != fetch.data_cache_dir():
+        if found.path.parent != fetch.data_cache_dir(ds.name):
             raise
         # "download it again" cannot happen by itself while a damaged copy sits in the cache.
         raise ArchbenchError(
@@ -221,41 +250,63 @@ def load_cifar10(
 
 # ---------------------------------------------------------------- checks
 
-_NOT_CIFAR = "the file is not CIFAR-10 or is damaged — get a fresh copy"
+# A CIFAR-100 copy with this many training images or more holds far more than ten of its classes
+# (the official order is shuffled); one that uses only ten labels is CIFAR-10 under the wrong --dataset.
+FULL_SIZE_IMAGES = 500
 
 
-def check_images(x: object, y: object, where: str, *, exact: object = None, empty_ok: bool = True) -> None:
+def _not_cifar(ds: DatasetInfo) -> str:
+    ds = _dataset(ds)
+    return f"the file is not {ds.title} or is damaged — get a fresh copy"
+
+
+def check_images(
+    x: object, y: object, where: str, *, exact: object = None, empty_ok: bool = True, ds: DatasetInfo | None = None
+) -> None:
     """The structural check of one file's (or split's) arrays, whatever the format.
 
-    Images: (N, 32, 32, 3) uint8. Labels: N integers 0..9, in any integer dtype (they are
-    widened to int64; floats, bools and strings are refused even when their values look right,
-    as they mean the file was not made as CIFAR-10). ``exact``, when given: the N bools of the
-    'lossless' array. ``empty_ok=False`` refuses a file without images. ``where`` names the file.
+    Images: (N, 32, 32, 3) uint8. Labels: N integers 0..C-1 (C: the dataset's class count), in
+    any integer dtype (they are widened to int64; floats, bools and strings are refused even when
+    their values look right, as they mean the file was not made as CIFAR). ``exact``, when given:
+    the N bools of the 'lossless' array. ``empty_ok=False`` refuses a file without images.
+    ``where`` names the file.
     """
+    ds = _dataset(ds)
+    top = ds.num_classes - 1
     if not (isinstance(x, np.ndarray) and x.ndim == 4 and x.shape[1:] == (32, 32, 3) and x.dtype == np.uint8):
-        raise ArchbenchError(f"{where}: images have {_describe(x)}, expected (N, 32, 32, 3) uint8; {_NOT_CIFAR}")
+        raise ArchbenchError(f"{where}: images have {_describe(x)}, expected (N, 32, 32, 3) uint8; {_not_cifar(ds)}")
     if not (isinstance(y, np.ndarray) and y.dtype.kind in "iu"):
-        raise ArchbenchError(f"{where}: labels have {_describe(y)}, expected integers 0..9; {_NOT_CIFAR}")
+        raise ArchbenchError(f"{where}: labels have {_describe(y)}, expected integers 0..{top}; {_not_cifar(ds)}")
     if y.shape != (len(x),):
         labels = f"{len(y)} labels" if y.ndim == 1 else f"labels of shape {y.shape}"
         raise ArchbenchError(f"{where}: {len(x)} images but {labels}; the file is damaged — get a fresh copy")
     if not empty_ok and not len(x):
-        raise ArchbenchError(f"{where}: holds no images; {_NOT_CIFAR}")
-    if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES):
-        raise ArchbenchError(f"{where}: labels range over {y.min()}..{y.max()}, CIFAR-10's are 0..9; {_NOT_CIFAR}")
+        raise ArchbenchError(f"{where}: holds no images; {_not_cifar(ds)}")
+    if y.size and (y.min() < 0 or y.max() > top):
+        raise ArchbenchError(
+            f"{where}: labels range over {y.min()}..{y.max()}, {ds.title}'s are 0..{top}; {_not_cifar(ds)}"
+        )
     if exact is not None and not (
         isinstance(exact, np.ndarray) and exact.dtype == np.bool_ and exact.shape == (len(x),)
     ):
         raise ArchbenchError(
             f"{where}: the 'lossless' array has {_describe(exact)}, expected ({len(x)},) bool "
-            f"like the labels; {_NOT_CIFAR}"
+            f"like the labels; {_not_cifar(ds)}"
         )
 
 
 def check_arrays(d: Cifar10) -> None:
     """The assembled dataset, whatever its source, before any training touches it."""
-    check_images(d.x_train, d.y_train, f"{d.source} (train)")
-    check_images(d.x_test, d.y_test, f"{d.source} (test)", exact=d.test_exact)
+    ds = d.info
+    check_images(d.x_train, d.y_train, f"{d.source} (train)", ds=ds)
+    check_images(d.x_test, d.y_test, f"{d.source} (test)", exact=d.test_exact, ds=ds)
+    used = np.unique(np.concatenate([d.y_train, d.y_test])).size
+    if ds.num_classes > 10 and len(d.y_train) >= FULL_SIZE_IMAGES and used <= 10:
+        raise ArchbenchError(
+            f"{d.source}: {len(d.y_train)} training images use only {used} distinct labels, but {ds.title} "
+            f"has {ds.num_classes} classes: this looks like CIFAR-10; pass --dataset cifar10, or point "
+            f"--data-dir at {ds.title}"
+        )
 
 
 def _describe(a: object) -> str:
@@ -397,12 +448,15 @@ def _train_files(folder: Path, sums: dict[str, str] | None) -> list[Path]:
     return [folder / numbered[k] for k in sorted(numbered)]
 
 
-def _read_npz_split(path: Path, split: str, sha256: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _read_npz_split(
+    path: Path, split: str, sha256: str | None, ds: DatasetInfo | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """One ``.npz.xz`` file's images, labels (int64) and, for the test split, 'lossless'.
 
     Only those arrays are decoded: others (``orig_index``, anything added by hand) are ignored,
     even if they could not be read.
     """
+    ds = _dataset(ds)
     raw = _read_file(path, _COPY_FOLDER)
     if sha256 is not None and _digest(raw, "sha256") != sha256:
         raise _checksum_error(str(path), "SHA-256", _digest(raw, "sha256"), sha256)
@@ -420,11 +474,14 @@ def _read_npz_split(path: Path, split: str, sha256: str | None) -> tuple[np.ndar
             with _decoding(path, f"array {key!r}", _COPY_FILE):  # arrays are decoded one by one, on access
                 arrays[key] = npz[key]
     x, y, exact = arrays[x_key], arrays[y_key], arrays.get("lossless")
-    check_images(x, y, str(path), exact=exact, empty_ok=False)
+    check_images(x, y, str(path), exact=exact, empty_ok=False, ds=ds)
     return x, y.astype(np.int64), exact
 
 
-def read_npz_xz(folder: Path, *, verify: bool = True, with_train: bool = True) -> Cifar10:
+def read_npz_xz(
+    folder: Path, *, verify: bool = True, with_train: bool = True, ds: DatasetInfo | None = None
+) -> Cifar10:
+    ds = _dataset(ds)
     folder = Path(folder)
     sums = _read_sha256sums(folder) if verify else None
     train_files = _train_files(folder, sums) if with_train else []
@@ -444,7 +501,7 @@ def read_npz_xz(folder: Path, *, verify: bool = True, with_train: bool = True) -
 
     def read(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         return _read_npz_split(
-            path, "test" if path == test_file else "train", None if sums is None else sums[path.name]
+            path, "test" if path == test_file else "train", None if sums is None else sums[path.name], ds
         )
 
     # xz decompression releases the GIL: reading the files in parallel is several times faster.
@@ -460,7 +517,7 @@ def read_npz_xz(folder: Path, *, verify: bool = True, with_train: bool = True) -
         if verify
         else "not checked (--no-verify-data)"
     )
-    return Cifar10(x_train, y_train, x_test, y_test, exact, f"numpy-xz folder {folder}", checked)
+    return Cifar10(x_train, y_train, x_test, y_test, exact, f"numpy-xz folder {folder}", checked, dataset=ds.name)
 
 
 # ---------------------------------------------------------------- official python version
@@ -485,69 +542,75 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-_NOT_BATCH = "not a CIFAR-10 batch — download it again"
-_BATCH_KEYS = ("data", "labels")
+def _not_batch(ds: DatasetInfo) -> str:
+    ds = _dataset(ds)
+    return f"not a {ds.title} batch — download it again"
 
 
-def _parse_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-    with _decoding(name, "CIFAR-10 batch", "the file is truncated or damaged — download it again"):
+def _parse_batch(raw: bytes, name: str, ds: DatasetInfo | None = None) -> tuple[np.ndarray, np.ndarray]:
+    ds = _dataset(ds)
+    with _decoding(name, f"{ds.title} batch", "the file is truncated or damaged — download it again"):
         entry = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
-    return _batch_arrays(entry, name)
+    return _batch_arrays(entry, name, ds)
 
 
-def _batch_arrays(entry: object, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _batch_arrays(entry: object, name: str, ds: DatasetInfo | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Images (HWC) and int64 labels of one unpickled batch, checked.
 
-    A batch is a dict with 'data', (N, 3072) uint8 rows, each CHW-planar, and 'labels', N ints.
+    A batch is a dict with 'data', (N, 3072) uint8 rows, each CHW-planar, and the labels, N ints,
+    under ``ds.label_key`` ('labels'; CIFAR-100's fine labels under 'fine_labels').
     Its keys may be str or bytes: Python 3 reads the official Python 2 pickles' keys as str
     with encoding='latin1' (as here), as bytes with encoding='bytes', and copies re-saved after
-    such a load keep bytes keys. Other keys (batch_label, filenames) are ignored.
+    such a load keep bytes keys. Other keys (batch_label, filenames, coarse_labels) are ignored.
     """
+    ds = _dataset(ds)
+    keys = ("data", ds.label_key)
     if not isinstance(entry, dict):
         raise ArchbenchError(
-            f"{name}: holds a {_type_name(entry)}, expected a dict with 'data' and 'labels'; {_NOT_BATCH}"
+            f"{name}: holds a {_type_name(entry)}, expected a dict with 'data' and {ds.label_key!r}; {_not_batch(ds)}"
         )
     fields = {}
     for key, value in entry.items():
         text = key.decode("latin1") if isinstance(key, bytes) else key
-        if text in _BATCH_KEYS:
+        if text in keys:
             if text in fields:
                 raise ArchbenchError(
                     f"{name}: has both {text!r} and {text.encode()!r} (str and bytes "
-                    f"keys), so which to use is unclear; {_NOT_BATCH}"
+                    f"keys), so which to use is unclear; {_not_batch(ds)}"
                 )
             fields[text] = value
-    missing = [k for k in _BATCH_KEYS if k not in fields]
+    missing = [k for k in keys if k not in fields]
     if missing:
-        raise ArchbenchError(f"{name}: no {missing[0]!r} entry (has {_names(entry)}); {_NOT_BATCH}")
-    data, labels = fields["data"], fields["labels"]
+        raise ArchbenchError(f"{name}: no {missing[0]!r} entry (has {_names(entry)}); {_not_batch(ds)}")
+    data, labels = fields["data"], fields[ds.label_key]
     if not (
         isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3 * 32 * 32
     ):
-        raise ArchbenchError(f"{name}: image array has {_describe(data)}, expected (N, 3072) uint8; {_NOT_BATCH}")
+        raise ArchbenchError(f"{name}: image array has {_describe(data)}, expected (N, 3072) uint8; {_not_batch(ds)}")
     if isinstance(labels, (list, tuple)):  # what the official batches hold
         try:
             labels = np.array(labels)  # no dtype: floats or strings must stay visible to the check
         except (ValueError, TypeError, OverflowError, RecursionError) as e:
-            raise ArchbenchError(f"{name}: labels are not a list of integers ({_one_line(e)}); {_NOT_BATCH}") from e
+            raise ArchbenchError(f"{name}: labels are not a list of integers ({_one_line(e)}); {_not_batch(ds)}") from e
     # The official layout is CHW-planar per row; archbench keeps HWC like the numpy format.
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
-    check_images(images, labels, name, empty_ok=False)
+    check_images(images, labels, name, empty_ok=False, ds=ds)
     return images, labels.astype(np.int64)
 
 
-def _assemble(read: Callable[[str], bytes], where: str, verify: bool, with_train: bool) -> Cifar10:
-    names = (list(TRAIN_BATCHES) if with_train else []) + ["test_batch"]
+def _assemble(read: Callable[[str], bytes], where: str, verify: bool, with_train: bool, ds: DatasetInfo) -> Cifar10:
+    ds = _dataset(ds)
+    names = (list(ds.train_files) if with_train else []) + [ds.test_file]
     parsed = {}
     for name in names:
         raw = read(name)
-        if verify and _digest(raw, "md5") != OFFICIAL_BATCH_MD5[name]:
-            raise _checksum_error(f"{where}/{name}", "MD5", _digest(raw, "md5"), OFFICIAL_BATCH_MD5[name])
-        parsed[name] = _parse_batch(raw, f"{where}/{name}")
-    x_test, y_test = parsed.pop("test_batch")
+        if verify and _digest(raw, "md5") != ds.file_md5[name]:
+            raise _checksum_error(f"{where}/{name}", "MD5", _digest(raw, "md5"), ds.file_md5[name])
+        parsed[name] = _parse_batch(raw, f"{where}/{name}", ds)
+    x_test, y_test = parsed.pop(ds.test_file)
     if with_train:
-        x_train = np.concatenate([parsed[n][0] for n in TRAIN_BATCHES])
-        y_train = np.concatenate([parsed[n][1] for n in TRAIN_BATCHES])
+        x_train = np.concatenate([parsed[n][0] for n in ds.train_files])
+        y_train = np.concatenate([parsed[n][1] for n in ds.train_files])
     else:
         x_train, y_train = np.zeros((0, 32, 32, 3), np.uint8), np.zeros((0,), np.int64)
     return Cifar10(
@@ -558,22 +621,25 @@ def _assemble(read: Callable[[str], bytes], where: str, verify: bool, with_train
         None,
         where,
         "official MD5s matched" if verify else "not checked (--no-verify-data)",
+        dataset=ds.name,
     )
 
 
-def read_python_folder(folder: Path, *, verify: bool = True, with_train: bool = True) -> Cifar10:
+def read_python_folder(
+    folder: Path, *, verify: bool = True, with_train: bool = True, ds: DatasetInfo | None = None
+) -> Cifar10:
+    ds = _dataset(ds)
     folder = Path(folder)
 
     def read(name: str) -> bytes:
         path = folder / name
         if not os.path.lexists(path):
             raise ArchbenchError(
-                f"{folder}: missing {name}; the cifar-10-batches-py folder is "
-                f"incomplete — unpack the official archive again"
+                f"{folder}: missing {name}; the {ds.folder} folder is incomplete — unpack the official archive again"
             )
         return _read_file(path, "unpack the official archive again")
 
-    return _assemble(read, f"python folder {folder}", verify, with_train)
+    return _assemble(read, f"python folder {folder}", verify, with_train, ds)
 
 
 def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
@@ -583,13 +649,16 @@ def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return f.read()
 
 
-def read_python_archive(archive: Path, *, verify: bool = True, with_train: bool = True) -> Cifar10:
+def read_python_archive(
+    archive: Path, *, verify: bool = True, with_train: bool = True, ds: DatasetInfo | None = None
+) -> Cifar10:
+    ds = _dataset(ds)
     archive = Path(archive)
     raw = _read_file(archive, "download the official archive again")
-    if verify and _digest(raw, "md5") != OFFICIAL_ARCHIVE_MD5:
-        raise _checksum_error(str(archive), "MD5", _digest(raw, "md5"), OFFICIAL_ARCHIVE_MD5)
+    if verify and _digest(raw, "md5") != ds.archive_md5:
+        raise _checksum_error(str(archive), "MD5", _digest(raw, "md5"), ds.archive_md5)
     damaged = "the archive is truncated or damaged — download it again"
-    needed = (TRAIN_BATCHES if with_train else ()) + ("test_batch",)
+    needed = (ds.train_files if with_train else ()) + (ds.test_file,)
     with _decoding(archive, ".tar.gz", damaged):
         # Decompressed in full first, so that gzip's CRC covers every byte even without
         # checksums: tarfile reads only as far as it needs, and would miss a damaged end.
@@ -598,18 +667,16 @@ def read_python_archive(archive: Path, *, verify: bool = True, with_train: bool 
         # Members are read in memory, straight from the archive: nothing is extracted to disk.
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
             members = {
-                Path(m.name).name: m
-                for m in tar.getmembers()
-                if m.isfile() and Path(m.name).parent.name == OFFICIAL_FOLDER
+                Path(m.name).name: m for m in tar.getmembers() if m.isfile() and Path(m.name).parent.name == ds.folder
             }
             batches = {name: _member_bytes(tar, members[name]) for name in needed if name in members}
 
     def read(name: str) -> bytes:
         if name not in batches:
             raise ArchbenchError(
-                f"{archive}: no {OFFICIAL_FOLDER}/{name} inside; not the "
-                f"official CIFAR-10 python archive — download it again"
+                f"{archive}: no {ds.folder}/{name} inside; not the "
+                f"official {ds.title} python archive — download it again"
             )
         return batches[name]
 
-    return _assemble(read, f"python archive {archive}", verify, with_train)
+    return _assemble(read, f"python archive {archive}", verify, with_train, ds)

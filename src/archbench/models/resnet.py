@@ -87,7 +87,7 @@ def resnet18(num_classes: int = 10) -> ResNet:
     return ResNet((2, 2, 2, 2), num_classes=num_classes)
 
 
-@register("plain18", "resnet18 with every shortcut removed: the same-depth plain network")
+@register("plain18", "resnet18 with every shortcut removed: the same-depth plain network", plain_twin_of="resnet18")
 def plain18(num_classes: int = 10) -> ResNet:
     return ResNet((2, 2, 2, 2), num_classes=num_classes, residual=False)
 
@@ -97,6 +97,6 @@ def resnet34(num_classes: int = 10) -> ResNet:
     return ResNet((3, 4, 6, 3), num_classes=num_classes)
 
 
-@register("plain34", "resnet34 with every shortcut removed: the deeper plain network")
+@register("plain34", "resnet34 with every shortcut removed: the deeper plain network", plain_twin_of="resnet34")
 def plain34(num_classes: int = 10) -> ResNet:
     return ResNet((3, 4, 6, 3), num_classes=num_classes, residual=False)

@@ -48,12 +48,14 @@ def parse_counts(text: str) -> list[int]:
     return counts
 
 
-def _one(spec: ModelSpec, cfg: Config, data: Cifar10, epochs: int, threads: int, start, results) -> None:
-    """One of the K processes: the parent's model spec (so models registered there exist here
-    too), a share of the CPU threads, and a common start."""
+def _one(spec: ModelSpec | None, cfg: Config, data: Cifar10, epochs: int, threads: int, start, results) -> None:
+    """One of the K processes: the parent's registered model spec (so models registered there exist
+    here too; a model given by a spec is resolved here from the config), a share of the CPU threads,
+    and a common start."""
     import torch
 
-    MODELS.setdefault(spec.name, spec)
+    if spec is not None:
+        MODELS.setdefault(spec.name, spec)
     torch.set_num_threads(threads)
     try:
         start.wait(START_TIMEOUT_S)
@@ -62,13 +64,18 @@ def _one(spec: ModelSpec, cfg: Config, data: Cifar10, epochs: int, threads: int,
         results.put(("error", f"{type(e).__name__}: {e}"))
 
 
+def _registered(cfg: Config) -> ModelSpec | None:
+    """The registry's spec of the config's model, None when the config's own spec resolves it."""
+    return MODELS.get(cfg.model) if cfg.model_spec is None else None
+
+
 def measure(cfg: Config, data: Cifar10, epochs: int, k: int) -> list[BenchResult]:
     """K runs of ``cfg`` at once, each in its own process; their results."""
     ctx = mp.get_context("spawn")  # fork would copy a parent whose torch threads are already running
     start, results = ctx.Barrier(k), ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // k)
     procs = [
-        ctx.Process(target=_one, args=(MODELS[cfg.model], cfg, data, epochs, threads, start, results), daemon=True)
+        ctx.Process(target=_one, args=(_registered(cfg), cfg, data, epochs, threads, start, results), daemon=True)
         for _ in range(k)
     ]
     try:

@@ -95,6 +95,12 @@ def _check_progress(ckpt: dict[str, Any], path: Path) -> None:
         isinstance(data, dict) and all(isinstance(data.get(k), str) for k in ("train", "test", "source"))
     ):
         raise refuse("field 'data' should be the fingerprint of the data it trained on")
+    source = ckpt.get("model_source")
+    if source is not None and not (
+        isinstance(source, dict)
+        and all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in source.items())
+    ):
+        raise refuse("field 'model_source' should say where the model's definition came from")
 
 
 def _is_tensor_dict(v: Any) -> bool:

@@ -1,6 +1,7 @@
 """Wiring for one training run: run folder, data, model, optimizer, epochs, checkpoints.
 
-A run folder holds ``config.json`` (the resolved config), ``history.csv``/``.jsonl``,
+A run folder holds ``config.json`` (the resolved config), ``model.json`` (where the model's
+definition came from), ``history.csv``/``.jsonl``,
 ``last.pt`` (resumable), ``best.pt`` (best weights) and the run's plots. The epoch
 loop itself is in ``engine``; this module decides what happens around it.
 """
@@ -18,12 +19,17 @@ import torch
 
 from archbench.config import Config, protocol_mismatch, resolve, write_json
 from archbench.data import fingerprint
+from archbench.data.datasets import get as get_dataset
 from archbench.data.pipelines import build_pipeline, num_batches
-from archbench.data.sources import NUM_CLASSES, Cifar10, load_cifar10
+from archbench.data.sources import Cifar10, load_cifar10
 from archbench.data.subsets import balanced_indices, stratified_holdout
 from archbench.errors import ArchbenchError, DivergenceError
-from archbench.io_utils import make_dirs, remove_empty_dirs
+from archbench.io_utils import atomic_write_text, make_dirs, remove_empty_dirs
 from archbench.models import count_parameters
+from archbench.models.registry import ModelSpec
+from archbench.models.specs import check as check_model
+from archbench.models.specs import resolve as resolve_model
+from archbench.models.specs import source_mismatch
 from archbench.train import checkpoint, divergence, gradflow, history
 from archbench.train.engine import Tally, evaluate, train_one_epoch
 from archbench.train.epoch_writer import EpochFiles, EpochWriter, host_copy
@@ -41,24 +47,30 @@ from archbench.train.training import (
 )
 
 CONFIG_NAME = "config.json"
+MODEL_NAME = "model.json"
 Log = Callable[[str], None]
 OnEpoch = Callable[[dict], None]
 
 
 def load_data(cfg: Config) -> Cifar10:
-    """CIFAR-10 as the config asks for it: located, verified, and cut to the subsets."""
+    """The config's dataset: located, verified, and cut to the subsets."""
     data = load_cifar10(
-        cfg.data_dir, download_missing=cfg.download, offline=cfg.offline, verify=cfg.verify_data, quiet=cfg.quiet
+        cfg.data_dir,
+        download_missing=cfg.download,
+        offline=cfg.offline,
+        verify=cfg.verify_data,
+        quiet=cfg.quiet,
+        ds=get_dataset(cfg.dataset),
     )
     return take_subsets(data, cfg.train_subset, cfg.test_subset)
 
 
 def take_subsets(data: Cifar10, train_subset: int | None, test_subset: int | None) -> Cifar10:
     if train_subset is not None:
-        i = balanced_indices(data.y_train, train_subset, NUM_CLASSES, "--train-subset")
+        i = balanced_indices(data.y_train, train_subset, data.num_classes, "--train-subset")
         data = replace(data, x_train=data.x_train[i], y_train=data.y_train[i])
     if test_subset is not None:
-        i = balanced_indices(data.y_test, test_subset, NUM_CLASSES, "--test-subset")
+        i = balanced_indices(data.y_test, test_subset, data.num_classes, "--test-subset")
         exact = None if data.test_exact is None else data.test_exact[i]
         data = replace(
             data, x_test=data.x_test[i], y_test=data.y_test[i], test_exact=exact, test_index=data.test_indices()[i]
@@ -68,7 +80,7 @@ def take_subsets(data: Cifar10, train_subset: int | None, test_subset: int | Non
 
 def hold_out_validation(data: Cifar10, n: int, seed: int) -> Cifar10:
     """The data a run with ``--val-split n`` trains on: its "test" split is the held-out images."""
-    keep, held = stratified_holdout(data.y_train, n, NUM_CLASSES, seed)
+    keep, held = stratified_holdout(data.y_train, n, data.num_classes, seed)
     return replace(
         data,
         x_train=data.x_train[keep],
@@ -118,6 +130,7 @@ class Run:
 
     def __init__(self, cfg: Config, run_dir: Path, log: Log = print, on_epoch: OnEpoch | None = None):
         self.device = resolve_device(cfg.device)
+        self.model_spec = checked_model(cfg)  # a model that cannot train is refused before any folder is made
         self.cfg = resolve(cfg, self.device.type)
         check_device_options(self.cfg, self.device)
         check_trackers(self.cfg)  # a missing tracker package is refused before any folder is made
@@ -139,6 +152,7 @@ class Run:
                 f"checkpoint {path} is for model {ckpt.get('model_name')!r}, not "
                 f"{self.cfg.model!r}; choose another --out"
             )
+        refuse_changed_model(self.run_dir, self.cfg.model, ckpt.get("model_source"), self.model_spec)
         diffs = protocol_mismatch(ckpt.get("config", {}), self.cfg, extending=True)
         if diffs:
             raise ArchbenchError(
@@ -205,12 +219,17 @@ class Run:
             catch_up(cfg, self.run_dir, state.records)
             return state
         data = data_fn()  # before writing anything, repairs included: a refused run is left as it was
+        if data.dataset != cfg.dataset:
+            raise ArchbenchError(
+                f"[{cfg.model}] the run is on {cfg.dataset} but was given {data.source} ({data.dataset})"
+            )
         state.data = self.check_data(state, data)
         if cfg.val_split:
             data = hold_out_validation(data, cfg.val_split, cfg.seed)
         gradflow.sync(self.run_dir, gradflow.columns(model), state.gradflow)
         history.sync(self.run_dir, state.records)
         write_json(cfg, self.run_dir / CONFIG_NAME)
+        write_model_record(self.run_dir, self.model_spec)
         if state.epoch:
             self.log(f"[{cfg.model}] resuming {self.run_dir} after epoch {state.epoch}")
         pipe = build_pipeline(cfg.pipeline, data, cfg.batch_size, cfg.seed, self.device, cfg.workers)
@@ -282,6 +301,7 @@ class Run:
             "history": list(state.records),
             "gradflow": list(state.gradflow),
             "data": state.data,
+            "model_source": self.model_spec.source.to_dict(),
             "schedule": {
                 "kind": "multistep",
                 "base_lr": cfg.lr,
@@ -342,8 +362,83 @@ class Run:
         }
 
 
+def checked_model(cfg: Config) -> ModelSpec:
+    """The config's model, resolved; one built from outside the package is also built once and
+    given a test batch (``specs.check``), so a broken factory fails before any work."""
+    spec = resolve_model(cfg.model, cfg.model_spec)
+    if spec.source.kind != "builtin":
+        check_model(spec, get_dataset(cfg.dataset).num_classes)
+    return spec
+
+
+def refuse_changed_model(run_dir: Path, name: str, recorded: dict | None, spec: ModelSpec) -> None:
+    """Raise if the run was trained with another definition of its model than ``spec`` resolves to now."""
+    changed = source_mismatch(recorded, spec.source)
+    if changed:
+        raise ArchbenchError(
+            f"{run_dir} was trained with another definition of model {name!r}: {changed}; "
+            f"restore the model's code as it was, or train into another --out"
+        )
+
+
+def refuse_changed_model_of(run_dir: Path, cfg: Config) -> None:
+    """``refuse_changed_model`` against the run's model.json, for readers of finished runs
+    (evaluation, landscapes): weights that still load into a changed model would give wrong numbers."""
+    record = read_model_record(run_dir)
+    if record is not None:
+        refuse_changed_model(run_dir, cfg.model, record["source"], resolve_model(cfg.model, cfg.model_spec))
+
+
+def write_model_record(run_dir: Path, spec: ModelSpec) -> None:
+    """``model.json``: where the model came from (spec, file and its SHA-256) and its metadata, so
+    reports pair a plain twin with its resnet and a resume can tell a changed definition."""
+    import json
+
+    record = {
+        "name": spec.name,
+        "description": spec.description,
+        "default_lr": spec.default_lr,
+        "plain_twin_of": spec.plain_twin_of,
+        "source": spec.source.to_dict(),
+    }
+    atomic_write_text(Path(run_dir) / MODEL_NAME, json.dumps(record, indent=2) + "\n")
+
+
+def read_model_record(run_dir: Path) -> dict | None:
+    """A run's checked ``model.json`` (None: a run made before models were recorded)."""
+    import os
+
+    from archbench import io_utils
+    from archbench.config import RUN_CONFIG_FIX
+    from archbench.schema import STRING, TEXT, Fields, number, or_null
+
+    path = Path(run_dir) / MODEL_NAME
+    if not os.path.lexists(path):
+        return None
+    f = Fields(io_utils.read_json(path, "the run's model record", RUN_CONFIG_FIX), str(path), RUN_CONFIG_FIX)
+    record = {
+        "name": f.get("name", TEXT),
+        "description": f.get("description", STRING),
+        "default_lr": f.get("default_lr", number(positive=True)),
+        "plain_twin_of": f.get("plain_twin_of", or_null(TEXT)),
+    }
+    source = f.sub("source")
+    assert source is not None
+    record["source"] = {
+        key: source.get(key, STRING if key in ("kind", "spec") else or_null(STRING))
+        for key in ("kind", "spec", "file", "sha256", "package")
+    }
+    return record
+
+
 def refuse_other_data(run_dir: Path, recorded: dict[str, str] | None, now: dict[str, str]) -> None:
     """Raise if the run in ``run_dir`` recorded other data than ``now`` (older runs recorded none)."""
+    then = recorded.get("dataset", "cifar10") if recorded is not None else None  # older runs: CIFAR-10
+    if then is not None and then != now.get("dataset", "cifar10"):
+        raise ArchbenchError(
+            f"{run_dir} was trained on {then}, not {now.get('dataset')}: runs of two datasets are never "
+            f"mixed; pass --dataset {then}, or choose another --out"
+        )
     differ = [] if recorded is None else fingerprint.differences(recorded, now)
     if differ:
         raise ArchbenchError(

@@ -64,9 +64,9 @@ def enabled(cfg: Config) -> list[str]:
 def check_trackers(cfg: Config) -> None:
     """Refuse, before anything is trained or written, trackers that cannot work: a package
     that is not installed, or an MLflow URI that is a model name."""
-    from archbench.models import MODELS
+    from archbench.models.specs import looks_like_model
 
-    if cfg.mlflow in MODELS:  # `--mlflow resnet18 vgg19_bn`: the optional value took a model
+    if cfg.mlflow is not None and looks_like_model(cfg.mlflow):  # `--mlflow resnet18 vgg19_bn` took a model
         raise ArchbenchError(
             f"--mlflow {cfg.mlflow!r} is a model name, not a tracking URI; put --mlflow after the model "
             f"names, or write --mlflow=URI"

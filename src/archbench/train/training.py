@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 
 from archbench.config import Config
-from archbench.data.sources import NUM_CLASSES
+from archbench.data.datasets import get as get_dataset
 from archbench.errors import ArchbenchError
-from archbench.models import create_model
+from archbench.models.specs import resolve as resolve_model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -45,8 +45,10 @@ def channels_last(device: torch.device) -> bool:
 
 
 def build_model(cfg: Config, device: torch.device) -> nn.Module:
+    """The config's model for its dataset's class count, initialised from its seed."""
     torch.manual_seed(cfg.seed)  # the model's initial weights come from the seed
-    model = create_model(cfg.model, NUM_CLASSES).to(device)
+    spec = resolve_model(cfg.model, cfg.model_spec)
+    model = spec.build(num_classes=get_dataset(cfg.dataset).num_classes).to(device)
     if channels_last(device):
         model = model.to(memory_format=torch.channels_last)
     return model
