@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from archbench.data.sources import Cifar10
+from archbench.data.sources import CifarData
 
 # Before any test module imports mlflow: MLflow 3 starts a thread on import that fetches its
 # telemetry settings from the internet, unless this is set (tests never use the network).
@@ -62,14 +62,14 @@ def no_network_and_a_private_cache(tmp_path_factory):
         yield
 
 
-def synthetic(n_train: int = 60, n_test: int = 20, seed: int = 0, exact_every: int | None = None) -> Cifar10:
+def synthetic(n_train: int = 60, n_test: int = 20, seed: int = 0, exact_every: int | None = None) -> CifarData:
     """Random images with balanced labels; optionally every k-th test image marked not exact."""
     rng = np.random.default_rng(seed)
     exact = None
     if exact_every:
         exact = np.ones(n_test, bool)
         exact[::exact_every] = False
-    return Cifar10(
+    return CifarData(
         rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
         np.arange(n_train, dtype=np.int64) % 10,
         rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
@@ -80,7 +80,7 @@ def synthetic(n_train: int = 60, n_test: int = 20, seed: int = 0, exact_every: i
 
 
 @pytest.fixture
-def tiny_data() -> Cifar10:
+def tiny_data() -> CifarData:
     return synthetic()
 
 
@@ -98,7 +98,7 @@ def batch_pickle(x_hwc: np.ndarray, y: np.ndarray) -> bytes:
     )
 
 
-def make_official(root: Path, per_batch: int = 20, archive: bool = False, seed: int = 1) -> tuple[Path, Cifar10]:
+def make_official(root: Path, per_batch: int = 20, archive: bool = False, seed: int = 1) -> tuple[Path, CifarData]:
     """A tiny fake ``cifar-10-batches-py`` folder (or its .tar.gz) and the arrays it holds."""
     d = synthetic(5 * per_batch, per_batch, seed=seed)
     files = {
@@ -125,11 +125,11 @@ def make_official(root: Path, per_batch: int = 20, archive: bool = False, seed: 
     return folder, d
 
 
-def synthetic100(per_class_train: int = 2, per_class_test: int = 1, seed: int = 2) -> Cifar10:
+def synthetic100(per_class_train: int = 2, per_class_test: int = 1, seed: int = 2) -> CifarData:
     """Random images with 100 balanced fine labels: CIFAR-100's shape, in miniature."""
     rng = np.random.default_rng(seed)
     n_train, n_test = 100 * per_class_train, 100 * per_class_test
-    return Cifar10(
+    return CifarData(
         rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
         rng.permutation(np.arange(n_train, dtype=np.int64) % 100),
         rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
@@ -154,7 +154,7 @@ def cifar100_pickle(x_hwc: np.ndarray, fine: np.ndarray) -> bytes:
     )
 
 
-def make_official100(root: Path, archive: bool = False, data: Cifar10 | None = None) -> tuple[Path, Cifar10]:
+def make_official100(root: Path, archive: bool = False, data: CifarData | None = None) -> tuple[Path, CifarData]:
     """A tiny fake ``cifar-100-python`` folder (or ``cifar-100-python.tar.gz``) and the arrays it holds."""
     d = data if data is not None else synthetic100()
     files = {

@@ -46,6 +46,7 @@ cnn_plain.plain_twin_of = "cnn"
 
 # Bad factories, one per way of being wrong.
 BAD_FILE = """
+import torch
 import torch.nn as nn
 
 not_a_function = 3
@@ -65,6 +66,35 @@ def wrong_shape(num_classes=10):
 
 def no_num_classes():
     return nn.Linear(1, 1)
+
+
+_SHARED = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+
+
+def shared(num_classes=10):
+    return _SHARED
+
+
+def seeded(num_classes=10):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
+
+
+def float64(num_classes=10):
+    torch.set_default_dtype(torch.float64)
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
+
+
+def tuple_out(num_classes=10):
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3 * 32 * 32, num_classes)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)), x
+
+    return Two()
 """
 
 
@@ -173,7 +203,14 @@ def _one_line_error(capsys, argv) -> str:
     [
         ("nosuchpackage_xyz.nets:f", "no module named 'nosuchpackage_xyz'; install it or add its folder to PYTHONPATH"),
         ("labnets.small:nothere", "labnets.small has no 'nothere' (it has: "),
-        ("BAD:not_a_function", "'not_a_function' is a int, not a function"),
+        ("BAD:nothere", "bad_models.py has no 'nothere' (it has: "),
+        ("BAD:not_a_function", "'not_a_function' is of type int, not a function"),
+        ("BAD:shared", "returned the same network (or parameters) twice"),
+        ("BAD:seeded", "initial weights are the same under torch seeds 0 and 1"),
+        ("BAD:float64", "changed torch's default dtype to torch.float64"),
+        ("BAD:tuple_out", "gave a tuple, expected (2, 10) logits"),
+        ("FOLDER:f", "is a folder; name a .py file in it"),
+        ("BAD", "to use a function in that file, write"),
         ("BAD:raises", "raised ValueError: no such width; fix the model's code"),
         ("BAD:no_module", "its factory returned a str, not a torch.nn.Module"),
         ("BAD:wrong_shape", "gave shape (2, 7), expected (2, 10) logits"),
@@ -188,11 +225,12 @@ def _one_line_error(capsys, argv) -> str:
 def test_every_bad_spec_is_one_line_before_any_folder_is_made(user_models, tmp_path, capsys, spec, expected):
     bad = write(tmp_path / "bad_models.py", BAD_FILE)
     broken = write(tmp_path / "broken.py", "def f(num_classes=10)\n    return None\n")
-    spec = spec.replace("BAD", str(bad)).replace("BROKEN", str(broken))
+    spec = spec.replace("BAD", str(bad)).replace("BROKEN", str(broken)).replace("FOLDER", str(tmp_path))
     out = tmp_path / "out"
     err = _one_line_error(capsys, ["train", spec, "--out", str(out), "--epochs", "1", *SMALL])
     assert expected in err, err
     assert not out.exists()  # nothing was made: the model was refused before the data or any folder
+    assert torch.get_default_dtype() == torch.float32  # a factory's change of it is undone
 
 
 def test_a_bad_spec_in_compare_stops_before_the_first_model_trains(user_models, tmp_path, capsys):
@@ -219,6 +257,13 @@ def test_resume_refuses_a_changed_model_file_and_keeps_the_run(user_models, tmp_
     err = _one_line_error(capsys, [*argv, "--epochs", "2", "--resume"])
     assert "was trained with another definition of model 'cnn'" in err and "has changed (SHA-256" in err
     assert {p.name: p.read_bytes() for p in (out / "cnn").iterdir() if p.is_file()} == before
+
+
+def test_names_of_models_from_outside_the_package_are_not_read_as_resnets_or_plain_nets():
+    assert pairs(["resnet18", "resnet_se", "plain_cnn"], user={"resnet_se", "plain_cnn"}) == [
+        ("resnet18", "resnet_se", False),
+        ("resnet18", "plain_cnn", False),
+    ]
 
 
 def test_a_declared_plain_twin_is_paired_with_its_residual_model():
@@ -269,3 +314,54 @@ def test_the_readme_example_is_the_file_and_builds_a_classifier():
     model = specs.resolve(*specs.parse(f"{example}:se_resnet18"))
     assert model.description == "CIFAR ResNet-18 with a squeeze-and-excitation gate after every block (r=16)"
     specs.check(model, 100)
+
+
+def test_a_class_is_a_factory_and_its_description_is_its_own(tmp_path):
+    f = write(
+        tmp_path / "cls.py",
+        "import torch.nn as nn\n\n\nclass Net(nn.Sequential):\n    def __init__(self, "
+        "num_classes=10):\n        super().__init__(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))\n",
+    )
+    model = specs.resolve(*specs.parse(f"{f}:Net"))
+    specs.check(model, 10)
+    assert model.description == f"file model {f}:Net"  # not nn.Module's docstring
+
+
+def test_a_module_spec_records_the_file_that_defines_the_factory(tmp_path, monkeypatch):
+    write(tmp_path / "pkgs" / "mylab" / "__init__.py", "from mylab.nets import small\n")
+    nets = write(tmp_path / "pkgs" / "mylab" / "nets.py", USER_FILE.replace("cnn", "small"))
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    source = specs.resolve(*specs.parse("mylab:small")).source
+    assert (source.file, source.sha256) == (str(nets), __import__("hashlib").sha256(nets.read_bytes()).hexdigest())
+
+
+def test_a_model_file_named_in_a_config_file_is_found_beside_it(user_models, tmp_path, monkeypatch):
+    from archbench.config import from_mapping, load_file
+
+    cfg_file = write(user_models.parent / "exp.toml", 'model = "my_models.py:cnn"\nepochs = 1\n')
+    monkeypatch.chdir(tmp_path)  # elsewhere: the path is the config file's, not the working folder's
+    cfg = from_mapping(load_file(cfg_file))
+    assert (cfg.model, cfg.model_spec) == ("cnn", f"{user_models}:cnn")
+
+
+def test_models_lists_a_broken_installed_model_and_goes_on(user_models, tmp_path, capsys):
+    dist = tmp_path / "site" / "broken_pkg-0.1.dist-info"
+    write(dist / "METADATA", "Metadata-Version: 2.1\nName: broken-pkg\nVersion: 0.1\n")
+    write(dist / "entry_points.txt", "[archbench.models]\nbrokennet = no_such_module_xyz:f\n")
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "zoolinear" in out and "resnet18" in out
+    assert "brokennet" in out and "cannot be used" in out and "reinstall or update broken-pkg 0.1" in out
+
+
+@needs_sample
+def test_a_finished_run_follows_its_model_file_when_it_moves(user_models, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = ["--data-dir", str(SAMPLE_DIR), "--out", str(out), "--epochs", "1", *SMALL]
+    assert main(["compare", f"{user_models}:cnn", *argv]) == 0
+    moved = user_models.parent.parent / "moved"
+    user_models.parent.rename(moved)
+    capsys.readouterr()
+    assert main(["compare", f"{moved / user_models.name}:cnn", *argv]) == 0  # reused, then evaluated again
+    assert "the run's model file is now" in capsys.readouterr().out
+    assert json.loads((out / "cnn" / "config.json").read_text())["model_spec"] == f"{moved / user_models.name}:cnn"

@@ -34,7 +34,7 @@ def test_the_class_table_has_the_100_fine_classes_in_label_order():
 @pytest.mark.parametrize("archive", [False, True])
 def test_official_folder_and_archive_read_the_fine_labels(tmp_path, archive):
     path, d = make_official100(tmp_path, archive=archive)
-    got = sources.load_cifar10(str(path), verify=False, ds=CIFAR100)
+    got = sources.load_dataset(str(path), verify=False, ds=CIFAR100)
     assert got.dataset == "cifar100" and got.num_classes == 100
     np.testing.assert_array_equal(got.x_train, d.x_train)
     np.testing.assert_array_equal(got.y_train, d.y_train)  # fine labels, not the coarse ones
@@ -45,10 +45,10 @@ def test_official_folder_and_archive_read_the_fine_labels(tmp_path, archive):
 def test_the_official_md5s_are_checked(tmp_path):
     path, _ = make_official100(tmp_path, archive=True)
     with pytest.raises(ArchbenchError, match=r"MD5 checksum .* does not match the expected eb9058c3a382ffc7106e4002"):
-        sources.load_cifar10(str(path), ds=CIFAR100)
+        sources.load_dataset(str(path), ds=CIFAR100)
     folder, _ = make_official100(tmp_path / "f")
     with pytest.raises(ArchbenchError, match=r"cifar-100-python/train: MD5 checksum"):
-        sources.load_cifar10(str(folder), ds=CIFAR100)
+        sources.load_dataset(str(folder), ds=CIFAR100)
 
 
 def test_a_cifar10_batch_is_not_a_cifar100_file(tmp_path):
@@ -58,7 +58,7 @@ def test_a_cifar10_batch_is_not_a_cifar100_file(tmp_path):
     for name in ("train", "test"):  # CIFAR-10 batches under CIFAR-100's names: 'labels', no 'fine_labels'
         (folder / name).write_bytes((c10 / "data_batch_1").read_bytes())
     with pytest.raises(ArchbenchError, match=r"no 'fine_labels' entry .*not a CIFAR-100 batch"):
-        sources.load_cifar10(str(folder), verify=False, ds=CIFAR100)
+        sources.load_dataset(str(folder), verify=False, ds=CIFAR100)
 
 
 def _npz_folder(root, d):
@@ -76,22 +76,40 @@ def _npz_folder(root, d):
 def test_the_numpy_format_holds_cifar100_and_is_searched_in_its_own_places(tmp_path, monkeypatch):
     d = synthetic100()
     folder = _npz_folder(tmp_path / "c100", d)
-    got = sources.load_cifar10(str(folder), ds=CIFAR100)
+    got = sources.load_dataset(str(folder), ds=CIFAR100)
     np.testing.assert_array_equal(got.y_train, d.y_train)
     assert got.dataset == "cifar100"
     with pytest.raises(ArchbenchError, match=r"labels range over 0\.\.99, CIFAR-10's are 0\.\.9"):
-        sources.load_cifar10(str(folder))  # read as CIFAR-10
+        sources.load_dataset(str(folder))  # read as CIFAR-10
     monkeypatch.chdir(tmp_path)
     places = [str(p) for _, p in sources.candidate_dirs(None, CIFAR100)[0]]
     assert places[1].endswith("shared/data/cifar100") and places[2].endswith("cifar100")
 
 
 @needs_sample
-def test_cifar10_read_as_cifar100_is_refused():
+@pytest.mark.parametrize("with_train", [True, False])
+def test_cifar10_read_as_cifar100_is_refused(with_train):
+    """Also when only the test split is read (eval): 100 test images all labelled 0..9 are CIFAR-10."""
     with pytest.raises(
-        ArchbenchError, match=r"use only 10 distinct labels.*looks like CIFAR-10; pass --dataset cifar10"
+        ArchbenchError, match=r"all have labels 0\.\.9, but CIFAR-100 has 100 classes: this looks like CIFAR-10"
     ):
-        sources.load_cifar10(str(SAMPLE_DIR), ds=CIFAR100)
+        sources.load_dataset(str(SAMPLE_DIR), ds=CIFAR100, with_train=with_train)
+
+
+def test_cifar100_read_as_cifar10_names_the_flag(tmp_path):
+    folder = _npz_folder(tmp_path / "c100", synthetic100())
+    with pytest.raises(
+        ArchbenchError, match=r"0\.\.99, CIFAR-10's are 0\.\.9; .*\(if it is CIFAR-100, pass --dataset cifar100\)"
+    ):
+        sources.load_dataset(str(folder))
+
+
+def test_a_subset_smaller_than_the_class_count_is_refused(tmp_path, capsys):
+    register()
+    archive, _ = make_official100(tmp_path / "data", archive=True)
+    argv = ["train", "tiny", "--dataset", "cifar100", "--data-dir", str(archive), "--out", str(tmp_path / "o"), *SMALL]
+    assert main([*argv, "--train-subset", "40"]) == 1
+    assert "--train-subset of 40 images cannot hold one image of each of the 100 classes" in capsys.readouterr().err
 
 
 def test_a_missing_cifar100_is_downloaded_from_its_own_url(tmp_path, monkeypatch, capsys):
@@ -107,7 +125,7 @@ def test_a_missing_cifar100_is_downloaded_from_its_own_url(tmp_path, monkeypatch
         monkeypatch.setenv("ARCHBENCH_CIFAR100_URL", server.url)
         monkeypatch.delenv("ARCHBENCH_OFFLINE")
         monkeypatch.chdir(tmp_path)
-        got = sources.load_cifar10(None, ds=datasets.get("cifar100"))
+        got = sources.load_dataset(None, ds=datasets.get("cifar100"))
     finally:
         server.stop()
     assert server.requests == 1

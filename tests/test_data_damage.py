@@ -4,7 +4,7 @@ The cases are generated from a fixed seed, so every run sees the same bytes. Eac
 tiny dataset (three images a file) in one of the three forms archbench reads — a folder of
 ``.npz.xz`` files, the official ``cifar-10-batches-py`` folder, the official
 ``cifar-10-python.tar.gz`` — damages it, and reads it with checksum verification on and off,
-through ``load_cifar10`` (which also locates the data) and through the format's reader.
+through ``load_dataset`` (which also locates the data) and through the format's reader.
 
 Checksums catch almost any change to a file's bytes, so damage comes in two kinds:
 
@@ -76,7 +76,7 @@ from archbench.data import datasets
 from archbench.data.datasets import CIFAR10
 from archbench.data.sources import (
     check_arrays,
-    load_cifar10,
+    load_dataset,
     read_npz_xz,
     read_python_archive,
     read_python_folder,
@@ -1090,7 +1090,7 @@ def test_damaged_copy_loads_exactly_or_fails_in_one_line(case, tmp_path, monkeyp
     for verify in (True, False):
         expect = case.expected(verify)
         calls = (
-            ("load_cifar10", functools.partial(load_cifar10, str(built.load_path), verify=verify)),
+            ("load_dataset", functools.partial(load_dataset, str(built.load_path), verify=verify)),
             (built.reader.__name__, functools.partial(built.reader, built.reader_path, verify=verify)),
         )
         for how, call in calls:
@@ -1116,7 +1116,7 @@ def test_damage_to_files_not_read_does_not_matter(tmp_path, monkeypatch):
         built = build(case, tmp_path / fmt, monkeypatch)
         before = snapshot(tmp_path)
         for verify in (True, False):
-            d = load_cifar10(str(built.load_path), verify=verify, with_train=False)
+            d = load_dataset(str(built.load_path), verify=verify, with_train=False)
             assert np.array_equal(d.x_test, built.expected["x_test"]) and len(d.y_train) == 0
         assert snapshot(tmp_path) == before
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from archbench.data import sources
-from archbench.data.sources import load_cifar10, read_npz_xz, read_python_archive, read_python_folder
+from archbench.data.sources import load_dataset, read_npz_xz, read_python_archive, read_python_folder
 from archbench.data.subsets import balanced_indices
 from archbench.errors import ArchbenchError
 from conftest import REAL_DIR, SAMPLE_DIR, make_official, needs_real, needs_sample
@@ -50,7 +50,7 @@ def test_truncated_numpy_file_is_a_clear_error(tmp_path):
 
 @needs_real
 def test_real_cifar10_loads_in_official_order():
-    d = load_cifar10(str(REAL_DIR))
+    d = load_dataset(str(REAL_DIR))
     assert d.x_train.shape == (50000, 32, 32, 3) and d.x_test.shape == (10000, 32, 32, 3)
     assert d.y_train[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
     assert np.bincount(d.y_train).tolist() == [5000] * 10
@@ -112,7 +112,7 @@ def test_labels_out_of_range_are_rejected(tmp_path):
     folder, d = make_official(tmp_path / "f")
     (folder / "test_batch").write_bytes(batch_pickle(d.x_test, d.y_test + 5))
     with pytest.raises(ArchbenchError, match=r"test_batch: labels range over 5..14, CIFAR-10.s are 0..9"):
-        load_cifar10(str(folder), verify=False)
+        load_dataset(str(folder), verify=False)
 
 
 def test_search_order_data_dir_then_env_then_local_then_shared_then_cache(tmp_path, monkeypatch):
@@ -144,13 +144,13 @@ def test_nothing_found_lists_places_and_ways(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ARCHBENCH_DATA", raising=False)
     with pytest.raises(ArchbenchError) as e:
-        load_cifar10(None, offline=True)
+        load_dataset(None, offline=True)
     msg = str(e.value)
     assert "./data" in msg and "../shared/data/cifar10" in msg
     assert "--data-dir" in msg and "ARCHBENCH_DATA" in msg and "--download" in msg and "\n" not in msg
     monkeypatch.setenv("ARCHBENCH_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(ArchbenchError, match="ARCHBENCH_DATA = .*nowhere"):
-        load_cifar10(None)
+        load_dataset(None)
 
 
 def test_balanced_subsets_are_deterministic_and_balanced():

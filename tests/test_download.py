@@ -107,7 +107,7 @@ def files_in(folder: Path) -> list[str]:
 
 def test_fresh_cache_downloads_once_then_reuses(served, capsys):
     server, cache, made, _ = served
-    d = sources.load_cifar10(None)
+    d = sources.load_dataset(None)
     assert server.requests == 1
     np.testing.assert_array_equal(d.x_train, made.x_train)
     np.testing.assert_array_equal(d.y_test, made.y_test)
@@ -115,7 +115,7 @@ def test_fresh_cache_downloads_once_then_reuses(served, capsys):
     assert files_in(cache) == ["cifar10/cifar-10-python.tar.gz"]  # no temp file, nothing unpacked
     err = capsys.readouterr().err
     assert "downloading" in err and "MD5 matches" in err
-    sources.load_cifar10(None)
+    sources.load_dataset(None)
     assert server.requests == 1  # found in the cache: no second download
     assert sources.find(None) == sources.Found("python-archive", cache / "cifar10" / "cifar-10-python.tar.gz")
 
@@ -132,11 +132,11 @@ def test_a_bad_download_is_one_error_and_leaves_nothing(served, mode, message):
     server, cache, _, _ = served
     server.mode = mode
     with pytest.raises(ArchbenchError, match=message) as e:
-        sources.load_cifar10(None)
+        sources.load_dataset(None)
     assert "\n" not in str(e.value) and "nothing was kept" in str(e.value)
     assert files_in(cache) == []
     server.mode = "ok"  # the next try starts clean and succeeds
-    assert len(sources.load_cifar10(None).y_test) == 20
+    assert len(sources.load_dataset(None).y_test) == 20
     assert server.requests == 2
 
 
@@ -147,7 +147,7 @@ def test_unreachable_server_is_one_error(served):
         ArchbenchError,
         match=r"downloading CIFAR-10 from http://127\.0\.0\.1:\d+/\S+ \(from ARCHBENCH_CIFAR10_URL\) failed",
     ):
-        sources.load_cifar10(None)
+        sources.load_dataset(None)
     assert files_in(cache) == []
 
 
@@ -157,7 +157,7 @@ def test_offline_keeps_the_not_found_error_and_sends_nothing(served, monkeypatch
     if how == "env":
         monkeypatch.setenv("ARCHBENCH_OFFLINE", "1")
     with pytest.raises(ArchbenchError) as e:
-        sources.load_cifar10(None, offline=how == "flag")
+        sources.load_dataset(None, offline=how == "flag")
     msg = str(e.value)
     assert msg.startswith("CIFAR-10 not found (tried ./data = ") and "downloading is off" in msg
     assert "../shared/data/cifar10" in msg and str(cache / "cifar10") in msg and "--data-dir" in msg
@@ -167,7 +167,7 @@ def test_offline_keeps_the_not_found_error_and_sends_nothing(served, monkeypatch
 def test_an_unclear_offline_variable_is_refused(served, monkeypatch):
     monkeypatch.setenv("ARCHBENCH_OFFLINE", "sometimes")
     with pytest.raises(ArchbenchError, match="ARCHBENCH_OFFLINE='sometimes' is neither on nor off"):
-        sources.load_cifar10(None)
+        sources.load_dataset(None)
     assert served[0].requests == 0
 
 
@@ -175,33 +175,33 @@ def test_a_named_place_is_fetched_into_only_with_download(served, tmp_path):
     server, cache, _, _ = served
     named = tmp_path / "mine"
     with pytest.raises(ArchbenchError, match=r"CIFAR-10 not found \(tried --data-dir = .*mine\);"):
-        sources.load_cifar10(str(named))
+        sources.load_dataset(str(named))
     assert server.requests == 0
-    sources.load_cifar10(str(named), download_missing=True)
+    sources.load_dataset(str(named), download_missing=True)
     assert files_in(named) == ["cifar-10-python.tar.gz"] and files_in(cache) == []
 
 
 def test_offline_with_download_says_downloading_is_off(served, tmp_path, monkeypatch):
     monkeypatch.setenv("ARCHBENCH_OFFLINE", "1")
     with pytest.raises(ArchbenchError, match=r"tried --data-dir = .*mine\) and downloading is off"):
-        sources.load_cifar10(str(tmp_path / "mine"), download_missing=True)
+        sources.load_dataset(str(tmp_path / "mine"), download_missing=True)
     assert served[0].requests == 0
 
 
 def test_a_damaged_archive_in_the_cache_says_to_delete_it(served):
     server, cache, _, _ = served
-    sources.load_cifar10(None)
+    sources.load_dataset(None)
     archive = cache / "cifar10" / "cifar-10-python.tar.gz"
     archive.write_bytes(archive.read_bytes()[:1000])  # e.g. a copy cut short by hand
     for verify in (True, False):
         with pytest.raises(ArchbenchError) as e:
-            sources.load_cifar10(None, verify=verify)
+            sources.load_dataset(None, verify=verify)
         msg = str(e.value)
         assert msg.startswith("the downloaded copy in archbench's cache is damaged: ") and "\n" not in msg
         assert msg.endswith(f"delete {archive} and the next command downloads it again")
         assert "--no-verify-data" not in msg
     archive.unlink()
-    sources.load_cifar10(None)
+    sources.load_dataset(None)
     assert server.requests == 2
 
 
@@ -210,7 +210,7 @@ def test_stale_temp_files_of_a_killed_download_are_removed(served):
     folder = cache / "cifar10"
     folder.mkdir(parents=True)
     (folder / ".cifar-10-python.tar.gz.0badf00d.tmp").write_bytes(b"half an archive")
-    sources.load_cifar10(None)
+    sources.load_dataset(None)
     assert files_in(cache) == ["cifar10/cifar-10-python.tar.gz"]
 
 
@@ -220,7 +220,7 @@ def test_two_processes_at_once_download_once(served):
 
     def load():
         try:
-            results.append(len(sources.load_cifar10(None).y_train))
+            results.append(len(sources.load_dataset(None).y_train))
         except Exception as e:  # reported below, not swallowed
             errors.append(e)
 
@@ -239,7 +239,7 @@ def test_an_unwritable_cache_is_one_error_naming_it(served, monkeypatch, tmp_pat
     blocker.write_text("in the way")
     monkeypatch.setenv("ARCHBENCH_CACHE", str(blocker / "cache"))
     with pytest.raises(ArchbenchError) as e:
-        sources.load_cifar10(None)
+        sources.load_dataset(None)
     msg = str(e.value)
     assert re.match(r"could not create the folder .*a-file/cache/cifar10: .*is a file, not a folder; ", msg), msg
     assert msg.endswith("free 170 MB there, set ARCHBENCH_CACHE to another folder, or pass --data-dir DIR --download")
@@ -256,7 +256,7 @@ def test_a_cache_that_fills_up_names_the_cache_setting(served, monkeypatch):
 
     monkeypatch.setattr(fetch, "atomic_write_with", full)
     with pytest.raises(ArchbenchError, match=r"No space left on device; free 170 MB there, set ARCHBENCH_CACHE"):
-        sources.load_cifar10(None)
+        sources.load_dataset(None)
 
 
 def test_where_file_locks_fail_the_download_goes_ahead_unlocked(served, monkeypatch, capsys):
@@ -266,7 +266,7 @@ def test_where_file_locks_fail_the_download_goes_ahead_unlocked(served, monkeypa
         raise OSError(38, "Function not implemented")
 
     monkeypatch.setattr(fcntl, "flock", no_locks)
-    assert len(sources.load_cifar10(None).y_test) == 20
+    assert len(sources.load_dataset(None).y_test) == 20
     assert "file locks do not work in" in capsys.readouterr().err
     assert files_in(served[1]) == ["cifar10/cifar-10-python.tar.gz"]
 

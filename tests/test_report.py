@@ -14,7 +14,7 @@ import pytest
 
 from archbench.analysis.compare import read_final
 from archbench.config import Config
-from archbench.data.sources import Cifar10
+from archbench.data.sources import CifarData
 from archbench.train.runner import Run, hold_out_validation
 from browser import CHROMIUM, inspect_page
 from conftest import REPO, SAMPLE_DIR, synthetic
@@ -226,7 +226,7 @@ def test_validation_split_is_stratified_seeded_and_disjoint():
 
 def test_with_a_validation_split_training_never_touches_the_test_set(tmp_path):
     d = synthetic(60, 20)
-    no_test = Cifar10(d.x_train, d.y_train, d.x_test[:0], d.y_test[:0], None, "no test images")
+    no_test = CifarData(d.x_train, d.y_train, d.x_test[:0], d.y_test[:0], None, "no test images")
     cfg = Config(model="resnet18", epochs=1, batch_size=20, device="cpu", quiet=True)
     state = Run(cfg.replace(val_split=10), tmp_path / "a", log=lambda m: None).train(lambda: no_test)
     assert state.epoch == 1 and state.records[0]["val_acc"] in {10.0 * k for k in range(11)}  # 10 images

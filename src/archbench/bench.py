@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from archbench.config import Config, resolve
 from archbench.data.pipelines import build_pipeline
-from archbench.data.sources import Cifar10
+from archbench.data.sources import CifarData
 from archbench.io_utils import atomic_write_text
 from archbench.train.engine import Tally, evaluate, train_one_epoch
 from archbench.train.training import build_model, build_optimizer, build_step, check_device_options, resolve_device
@@ -56,14 +56,14 @@ class BenchResult:
     speedup: float | None = None  # reference epoch time / this epoch time (fast rows)
 
 
-def synthetic_cifar(n_train: int, n_test: int, seed: int = 0, dataset: str = "cifar10") -> Cifar10:
+def synthetic_cifar(n_train: int, n_test: int, seed: int = 0, dataset: str = "cifar10") -> CifarData:
     """Random images of CIFAR's shape and a balanced label set of ``dataset``'s classes: timing
     needs no real data."""
     from archbench.data.datasets import get as get_dataset
 
     rng = np.random.default_rng(seed)
     classes = get_dataset(dataset).num_classes
-    return Cifar10(
+    return CifarData(
         rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
         np.arange(n_train) % classes,
         rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
@@ -93,7 +93,7 @@ def device_peak(device: torch.device, precision: str) -> float | None:
     return next((p[precision] for key, p in DEVICE_PEAKS.items() if key in name), None)
 
 
-def bench_one(cfg: Config, data: Cifar10, epochs: int) -> BenchResult:
+def bench_one(cfg: Config, data: CifarData, epochs: int) -> BenchResult:
     device = resolve_device(cfg.device)
     cfg = resolve(cfg, device.type)
     check_device_options(cfg, device)

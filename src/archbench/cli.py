@@ -106,12 +106,12 @@ def _training_flags() -> argparse.ArgumentParser:
         "--data-dir", help="dataset location (else $ARCHBENCH_DATA, ./data, ../shared/data/DATASET, the cache)"
     )
     r.add_argument(
-        "--download", action="store_true", help="with --data-dir: download CIFAR-10 there if it is not found"
+        "--download", action="store_true", help="with --data-dir: download the dataset there if it is not found"
     )
     r.add_argument(
         "--offline",
         action="store_true",
-        help="never use the network (also ARCHBENCH_OFFLINE=1); by default a missing CIFAR-10 is downloaded",
+        help="never use the network (also ARCHBENCH_OFFLINE=1); by default a missing dataset is downloaded",
     )
     r.add_argument("--no-verify-data", dest="verify_data", action="store_false", help="skip the data checksum check")
     r.add_argument("--out", help="output folder (default runs)")
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("specs", nargs="*", metavar="MODEL", help=f"models to check and describe: {MODEL_FORMS}")
     p.add_argument("--dataset", choices=DATASET_NAMES, default="cifar10", help="the class count to build them for")
     p = sub.add_parser("train", parents=[flags], help="train one model into OUT/MODEL")
-    p.add_argument("model", help=MODEL_FORMS)
+    p.add_argument("model", nargs="?", help=f"{MODEL_FORMS} (default: the --config file's model, else resnet18)")
     p = sub.add_parser(
         "compare", parents=[flags], help="train each model (reusing finished runs) and compare their best weights"
     )
@@ -168,7 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"models to time, each {MODEL_FORMS} (default: {' '.join(DEFAULT_COMPARE)})",
     )
     p.add_argument("--pipelines", default="fast,reference", help="comma-separated (default fast,reference)")
-    p.add_argument("--synthetic", action="store_true", help="random data of CIFAR-10's shape instead of CIFAR-10")
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="random images of CIFAR's shape with the dataset's class count instead of real data",
+    )
     p.add_argument("--json", type=Path, help="also write the results as JSON")
     p.add_argument(
         "--concurrent",
@@ -182,10 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     p.add_argument("--test-subset", type=int, help="default: the subset the runs were trained with")
     p.add_argument("--no-verify-data", dest="verify_data", action="store_false")
-    p.add_argument("--offline", action="store_true", help="never download CIFAR-10 (also ARCHBENCH_OFFLINE=1)")
-    p.add_argument("--download", action="store_true", help="with --data-dir: download CIFAR-10 there if missing")
+    p.add_argument("--offline", action="store_true", help="never download the dataset (also ARCHBENCH_OFFLINE=1)")
+    p.add_argument("--download", action="store_true", help="with --data-dir: download the dataset there if missing")
     p.add_argument("--out", type=Path, help="also write comparison.csv/.md here")
-    p = sub.add_parser("env", help="versions, devices, where CIFAR-10 is and the cache: paste into a bug report")
+    p = sub.add_parser(
+        "env", help="versions, devices, where CIFAR-10 (the default dataset) is and the cache: paste into a bug report"
+    )
     p.add_argument("--data-dir", help="report on this CIFAR-10 location instead of the search order")
     p.add_argument("--download", action="store_true", help="as train's --download")
     p.add_argument("--offline", action="store_true", help="as train's --offline")
@@ -199,11 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", type=Path, help="run folders, or folders holding them (a compare --out)")
     _landscape_flags(p)
     p.add_argument("--out", type=Path, help="folder for the figures across runs (default: COMMON/landscape)")
-    p.add_argument("--data-dir", help="CIFAR-10 location (default: the runs' own, else the usual search)")
+    p.add_argument("--data-dir", help="dataset location (default: the runs' own, else the usual search)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto")
     p.add_argument("--no-verify-data", dest="verify_data", action="store_false")
-    p.add_argument("--offline", action="store_true", help="never download CIFAR-10 (also ARCHBENCH_OFFLINE=1)")
-    p.add_argument("--download", action="store_true", help="with --data-dir: download CIFAR-10 there if missing")
+    p.add_argument("--offline", action="store_true", help="never download the dataset (also ARCHBENCH_OFFLINE=1)")
+    p.add_argument("--download", action="store_true", help="with --data-dir: download the dataset there if missing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p = sub.add_parser("plot", help="redraw the plots of runs from their history files")
     p.add_argument("paths", nargs="+", type=Path, help="run folders, or folders holding run folders")
@@ -365,30 +371,51 @@ def log(msg: str) -> None:
 
 
 def cmd_models(args) -> int:
+    """The registered models (one that cannot be built is listed as such), or the models named,
+    each checked as train would check it (a broken one is an error)."""
     from archbench.data.datasets import get as get_dataset
-    from archbench.models import count_parameters
-    from archbench.models.specs import available, check, parse, resolve
+    from archbench.models.specs import available, entry_points, parse
 
     classes = get_dataset(args.dataset).num_classes
-    named = [parse(text) for text in args.specs] if args.specs else [(n, None) for n in available()]
-    specs = [resolve(name, spec) for name, spec in named]
-    for s in specs:
-        if s.source.kind != "builtin":
-            check(s, classes)  # a model named here is checked as train would check it
-    rows = [(s, count_parameters(s.build(num_classes=classes))) for s in specs]
-    width = max(10, *(len(s.name) for s, _ in rows))
+    if args.specs:
+        rows = [_model_row(*parse(text), classes) for text in args.specs]
+    else:
+        rows = [_model_row(name, None, classes, listing=True) for name in available()]
+    width = max(10, *(len(r[0]) for r in rows))
     log(f"{'name':<{width}} {'parameters':>12} {'(M)':>7}  description")
-    for s, n in rows:
-        twin = f" [plain twin of {s.plain_twin_of}]" if s.plain_twin_of else ""
-        log(f"{s.name:<{width}} {n:>12,} {n / 1e6:>7.2f}  {s.description}{twin}")
-        if s.source.kind != "builtin":
-            where = s.source.file or s.source.package or ""
-            log(f"{'':<{width}} {s.source.kind}: {s.source.spec}" + (f" ({where})" if where else ""))
+    for name, params, text in rows:
+        count = f"{params:>12,} {params / 1e6:>7.2f}" if params is not None else f"{'-':>12} {'-':>7}"
+        for i, line in enumerate(text):
+            log(f"{name if i == 0 else '':<{width}} {count if i == 0 else ' ' * 20}  {line}")
+    from archbench.models import MODELS
+
+    for name in entry_points().keys() & MODELS.keys():
+        log(f"(an installed package's entry point {name!r} is not used: a built-in model has that name)")
     return 0
 
 
+def _model_row(name: str, spec: str | None, classes: int, listing: bool = False) -> tuple:
+    """(name, parameters or None, lines of text) for ``archbench models``."""
+    from archbench.models import count_parameters
+    from archbench.models.specs import check, resolve
+
+    try:
+        s = resolve(name, spec)
+        if s.source.kind != "builtin":
+            check(s, classes)
+    except ArchbenchError as e:
+        if not listing:
+            raise
+        return name, None, [f"cannot be used: {e}"]
+    text = [s.description + (f" [plain twin of {s.plain_twin_of}]" if s.plain_twin_of else "")]
+    if s.source.kind != "builtin":
+        where = s.source.file or s.source.package or ""
+        text.append(f"{s.source.kind}: {s.source.spec}" + (f" ({where})" if where else ""))
+    return s.name, count_parameters(s.build(num_classes=classes)), text
+
+
 def _data_loader(cfg: Config) -> Callable:
-    """Load CIFAR-10 on first use only, then share it between runs."""
+    """Load the config's dataset on first use only, then share it between runs."""
     from archbench.train.runner import load_data
 
     cache = {}
@@ -405,7 +432,9 @@ def cmd_train(args) -> int:
     from archbench.analysis.plots import plot_run
     from archbench.train.runner import Run
 
-    cfg = with_model(config_from_args(args), args.model)
+    cfg = config_from_args(args)
+    if args.model is not None:
+        cfg = with_model(cfg, args.model)
     run_dir = Path(cfg.out) / cfg.model
     Run(cfg, run_dir, log).train(_data_loader(cfg), resume=getattr(args, "resume", False))
     plot_run(run_dir)
@@ -433,7 +462,7 @@ def cmd_compare(args) -> int:
     ]
     data = _data_loader(cfg)
     if args.executor == "ray":
-        from archbench.train.runner import checked_model
+        from archbench.train.model_record import checked_model
         from archbench.train.trackers import check_trackers
 
         options = ray_options(args)  # bad values refused before the data is read
@@ -587,7 +616,7 @@ def cmd_bench(args) -> int:
 
     from archbench.bench import add_speedups, bench_one, synthetic_cifar, table, write_json
     from archbench.config import PIPELINES
-    from archbench.train.runner import checked_model
+    from archbench.train.model_record import checked_model
     from archbench.train.training import resolve_device
 
     cfg = config_from_args(args)
@@ -673,7 +702,7 @@ def cmd_eval(args) -> int:
     from archbench.analysis.compare import by_model, evaluate_run, table_markdown, write_outputs
     from archbench.config import read_json
     from archbench.data.datasets import get as get_dataset
-    from archbench.data.sources import load_cifar10
+    from archbench.data.sources import load_dataset
     from archbench.train.runner import CONFIG_NAME, take_subsets
     from archbench.train.training import resolve_device
 
@@ -682,9 +711,8 @@ def cmd_eval(args) -> int:
     datasets = {read_json(d / CONFIG_NAME).dataset for d in args.run_dirs}
     if len(datasets) > 1:
         raise ArchbenchError(
-            f"the runs were trained on different datasets ({', '.join(sorted(datasets))}); evaluate each "
-            f"dataset's runs "
-            f"on their own"
+            f"the runs were trained on different datasets ({', '.join(sorted(datasets))}); "
+            f"evaluate each dataset's runs on their own"
         )
     subset = args.test_subset
     if subset is None:
@@ -696,7 +724,7 @@ def cmd_eval(args) -> int:
             )
         subset = subsets.pop()
     data = take_subsets(
-        load_cifar10(
+        load_dataset(
             args.data_dir,
             download_missing=args.download,
             offline=args.offline,
@@ -774,14 +802,14 @@ def _training_images(data_dir, download: bool, offline: bool, verify: bool, quie
     """(run folder, its config) -> the images it trained on; each dataset read once per location."""
     from archbench.analysis.landscape import training_images
     from archbench.data.datasets import get as get_dataset
-    from archbench.data.sources import load_cifar10
+    from archbench.data.sources import load_dataset
 
     loaded: dict = {}
 
     def get(run_dir: Path, cfg: Config):
         where = (data_dir or cfg.data_dir, cfg.dataset)
         if where not in loaded:
-            loaded[where] = load_cifar10(
+            loaded[where] = load_dataset(
                 where[0],
                 download_missing=download,
                 offline=offline or cfg.offline,

@@ -109,7 +109,7 @@ def _require(ok: bool, name: str, allowed: str, value: Any) -> None:
 def validate(cfg: Config) -> Config:
     """Check every field; raise one clear error naming the first bad one."""
     from archbench.data.datasets import DATASETS
-    from archbench.models.specs import FORMS, is_name
+    from archbench.models.specs import FORMS, is_name, name_of
 
     _require(isinstance(cfg.model, str) and is_name(cfg.model), "model", FORMS, cfg.model)
     _require(
@@ -117,6 +117,12 @@ def validate(cfg: Config) -> Config:
         "model_spec",
         "package.module:factory, /path/to/file.py:factory, timm:<name>, or unset",
         cfg.model_spec,
+    )
+    _require(
+        cfg.model_spec is None or name_of(cfg.model_spec) == cfg.model,
+        "model",
+        f"the name its model_spec files it under ({cfg.model_spec and name_of(cfg.model_spec)!r})",
+        cfg.model,
     )
     _require(cfg.dataset in DATASETS, "dataset", ", ".join(DATASETS), cfg.dataset)
     _require(_is_int(cfg.epochs) and cfg.epochs >= 1, "epochs", "an integer >= 1", cfg.epochs)
@@ -286,6 +292,11 @@ def load_file(path: str | Path) -> dict[str, Any]:
         raise ArchbenchError(f"config file {path} could not be parsed: {' '.join(str(e).split())}") from e
     if data is None or data == {}:  # an empty (or truncated) file must not mean "the defaults"
         raise ArchbenchError(f"config file {path} holds no settings; add some, or leave out --config")
+    if isinstance(data, dict) and isinstance(data.get("model"), str):
+        # A model file named in a config file is found beside the config file, wherever archbench runs.
+        from archbench.models.specs import anchored
+
+        data["model"] = anchored(data["model"], path.absolute().parent)
     file_settings(data, f"config file {path}")
     return data
 

@@ -30,7 +30,7 @@ import torch
 from archbench.analysis.stats import summary
 from archbench.config import Config, read_json, resolve
 from archbench.data.pipelines import test_pipeline
-from archbench.data.sources import Cifar10
+from archbench.data.sources import CifarData
 from archbench.errors import ArchbenchError
 from archbench.io_utils import atomic_write_bytes, atomic_write_text, os_error
 from archbench.io_utils import read_json as read_json_file
@@ -38,7 +38,8 @@ from archbench.models import count_parameters, forward_flops_per_image
 from archbench.schema import PERCENT, STRING, TEXT, Fields, Kind, integer, number, one_of, or_null
 from archbench.train import checkpoint, divergence
 from archbench.train.engine import evaluate
-from archbench.train.runner import CONFIG_NAME, exact_mask, refuse_changed_model_of
+from archbench.train.model_record import refuse_changed_model_of
+from archbench.train.runner import CONFIG_NAME, exact_mask
 from archbench.train.training import build_model
 
 FINAL_NAME = "final.json"
@@ -143,7 +144,7 @@ class Result:
 
 
 def _evaluate_weights(
-    model, state, path: Path, cfg: Config, data: Cifar10, device: torch.device, batch_size: int
+    model, state, path: Path, cfg: Config, data: CifarData, device: torch.device, batch_size: int
 ) -> dict:
     checkpoint.load_weights(model, state, path, cfg.model)
     return evaluate(
@@ -157,7 +158,7 @@ def _evaluate_weights(
 
 
 def evaluate_run(
-    run_dir: Path, data: Cifar10, device: torch.device, batch_size: int = 500, write: bool = True
+    run_dir: Path, data: CifarData, device: torch.device, batch_size: int = 500, write: bool = True
 ) -> Result:
     """Evaluate a run's best and last weights on ``data``'s test split; with ``write``, save
     ``final.json`` and ``predictions.npz`` in the run folder."""

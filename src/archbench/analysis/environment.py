@@ -13,7 +13,7 @@ import torch
 
 from archbench import __version__
 from archbench.data import fetch
-from archbench.data.sources import Cifar10
+from archbench.data.sources import CifarData
 from archbench.errors import ArchbenchError
 from archbench.io_utils import check_writable
 
@@ -50,7 +50,7 @@ def device_name(device: torch.device) -> str:
     return f"{device.type} ({platform.processor() or platform.machine()})"
 
 
-def describe(device: torch.device, data: Cifar10 | None, wall_seconds: float) -> dict:
+def describe(device: torch.device, data: CifarData | None, wall_seconds: float) -> dict:
     return {
         "archbench": __version__,
         "git commit": git_commit(),

@@ -38,7 +38,8 @@ from archbench.config import PROTOCOL_FIELDS, Config, protocol, protocol_mismatc
 from archbench.data.datasets import get as get_dataset
 from archbench.errors import ArchbenchError
 from archbench.train import divergence, gradflow, history
-from archbench.train.runner import CONFIG_NAME, read_model_record
+from archbench.train.model_record import read_model_record
+from archbench.train.runner import CONFIG_NAME
 
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0  # the report is a pure function of the folder: same files, same intervals
@@ -60,6 +61,7 @@ class RunData:
     landscape: dict | None = None  # landscape/landscape.json, when the run's landscape was measured
     landscape_arrays: dict[str, np.ndarray] | None = None  # landscape/landscape.npz
     plain_twin_of: str | None = None  # the residual model this one is the shortcut-free twin of
+    builtin_model: bool = True  # one of archbench's own models (runs made before model.json all were)
 
     def final_correct(self) -> np.ndarray | None:
         """Per test image: did the judging weights (see ``Result.final``) classify it correctly?"""
@@ -87,18 +89,19 @@ def load_run(run_dir: Path) -> RunData:
         _check_landscape(run_dir, cfg, result, info)
         metrics.update(landscape_metrics(info, result))
     flow = gradflow.read(run_dir)
-    return RunData(run_dir, cfg, result, records, metrics, predictions, flow, info, arrays, _twin_of(run_dir, cfg))
+    twin, builtin = _model_facts(run_dir, cfg)
+    return RunData(run_dir, cfg, result, records, metrics, predictions, flow, info, arrays, twin, builtin)
 
 
-def _twin_of(run_dir: Path, cfg: Config) -> str | None:
-    """What model.json says the model is the plain twin of; for runs made before model.json, the
-    registry's word on a built-in."""
+def _model_facts(run_dir: Path, cfg: Config) -> tuple[str | None, bool]:
+    """(plain twin of, built-in) as model.json says; for runs made before model.json, which were
+    all of built-ins, the registry's word."""
     from archbench.models import MODELS
 
     record = read_model_record(run_dir)
     if record is not None:
-        return record["plain_twin_of"]
-    return MODELS[cfg.model].plain_twin_of if cfg.model in MODELS else None
+        return record["plain_twin_of"], record["source"]["kind"] == "builtin"
+    return (MODELS[cfg.model].plain_twin_of if cfg.model in MODELS else None), True
 
 
 def landscape_metrics(info: dict, result: Result) -> dict[str, float]:

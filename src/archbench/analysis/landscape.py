@@ -31,11 +31,12 @@ from archbench.analysis.probe import Probe
 from archbench.config import Config, read_json
 from archbench.data import fingerprint
 from archbench.data.datasets import get as get_dataset
-from archbench.data.sources import Cifar10
+from archbench.data.sources import CifarData
 from archbench.errors import ArchbenchError
 from archbench.io_utils import atomic_write_text, atomic_write_with, make_dirs
 from archbench.train import checkpoint
-from archbench.train.runner import CONFIG_NAME, hold_out_validation, refuse_changed_model_of, take_subsets
+from archbench.train.model_record import refuse_changed_model_of
+from archbench.train.runner import CONFIG_NAME, hold_out_validation, take_subsets
 from archbench.train.training import build_model
 
 KINDS = ("1d", "2d", "interp", "hessian")
@@ -425,7 +426,7 @@ def measure_run(
 # ---------------------------------------------------------------- several runs
 
 
-def training_images(run_dir: Path, cfg: Config, full: Cifar10) -> tuple[np.ndarray, np.ndarray]:
+def training_images(run_dir: Path, cfg: Config, full: CifarData) -> tuple[np.ndarray, np.ndarray]:
     """The images the run trained on (its subset, less its validation split), after checking
     that they are the ones its checkpoint recorded."""
     data = take_subsets(full, cfg.train_subset, cfg.test_subset)

@@ -125,7 +125,7 @@ def _results_blocks(out_dir: Path, runs: dict[str, list[RunData]]) -> list[Block
     compared = [(models[0], b) for b in models[1:]]
     compared += [
         (a, b)
-        for a, b, _ in verdict_rules.pairs(models, verdict_rules.twins(runs))
+        for a, b, _ in verdict_rules.pairs(models, verdict_rules.twins(runs), verdict_rules.user_models(runs))
         if (a, b) not in compared and (b, a) not in compared
     ]
     evidence = [(a, b, accuracy_evidence(runs[a], runs[b])) for a, b in compared]

@@ -246,17 +246,21 @@ def _accuracy_label(test: Test) -> str:
     return CONTRADICTED if test.favours(-1) else NOT_SHOWN
 
 
-def pairs(models: list[str], twin_of: dict[str, str] | None = None) -> list[tuple[str, str, bool]]:
+def pairs(
+    models: list[str], twin_of: dict[str, str] | None = None, user: set[str] | frozenset[str] = frozenset()
+) -> list[tuple[str, str, bool]]:
     """(residual, other, other is its plain twin) for every pair that gets verdicts.
 
-    Residual models are the resnets and every compared model another one is declared the plain twin
-    of (``twin_of``: plain model -> residual model, from the models' metadata; a twin of a model not
-    compared is ignored); by name, plainN is the twin of resnetN. A plain model is compared only with
-    its own residual model.
+    Residual models are the built-in resnets and every compared model another one is declared the
+    plain twin of (``twin_of``: plain model -> residual model, from the models' metadata; a twin of a
+    model not compared is ignored); among built-ins, plainN is the twin of resnetN by name. A plain
+    model is compared only with its own residual model. Names are read this way only for built-ins:
+    a model from outside the package (``user``) is residual or plain only as its metadata declare.
     """
+    builtin = [m for m in models if m not in user]
     declared = {p: r for p, r in (twin_of or {}).items() if r in models}
-    twin_of = {**{m: f"resnet{m[len('plain') :]}" for m in models if m.startswith("plain")}, **declared}
-    residual = [m for m in models if m.startswith("resnet") or m in twin_of.values()]
+    twin_of = {**{m: f"resnet{m[len('plain') :]}" for m in builtin if m.startswith("plain")}, **declared}
+    residual = [m for m in models if (m in builtin and m.startswith("resnet")) or m in twin_of.values()]
     out = []
     for a in residual:
         for b in models:
@@ -271,13 +275,18 @@ def twins(runs: dict[str, list[RunData]]) -> dict[str, str]:
     return {m: rs[0].plain_twin_of for m, rs in runs.items() if rs and rs[0].plain_twin_of}
 
 
+def user_models(runs: dict[str, list[RunData]]) -> set[str]:
+    """The compared models that come from outside the package."""
+    return {m for m, rs in runs.items() if rs and not rs[0].builtin_model}
+
+
 def verdicts(
     runs: dict[str, list[RunData]], min_effect_pp: float = DEFAULT_MIN_EFFECT_PP, with_curvature: bool = True
 ) -> list[Verdict]:
     """Every verdict the compared models allow, decided with one Holm correction over all their tests.
     ``with_curvature`` False leaves H3 out (landscapes measured with different settings)."""
     out: list[Verdict] = []
-    for a, b, twin in pairs(list(runs), twins(runs)):
+    for a, b, twin in pairs(list(runs), twins(runs), user_models(runs)):
         out.append(h1(runs[a], runs[b]))
         out += h2(runs[a], runs[b], twin, min_effect_pp)
         if twin and with_curvature and has_curvature(runs[a]) and has_curvature(runs[b]):

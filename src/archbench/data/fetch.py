@@ -91,9 +91,9 @@ def fetch(
     *,
     fix: str,
     quiet: bool = False,
+    what: str,
+    url_var: str,
     log: Callable[[str], None] = print_err,
-    what: str = "CIFAR-10",
-    url_var: str = URL_VAR,
 ) -> Path:
     """Download ``url`` to ``dest`` unless it is there already; only a file with ``md5`` lands.
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from archbench.data.sources import Cifar10
+from archbench.data.sources import CifarData
 
 DIGEST_CHARS = 16  # 64 bits: tells datasets apart, short enough to print
 
@@ -24,7 +24,7 @@ def _digest(x: np.ndarray, y: np.ndarray) -> str:
     return h.hexdigest()[:DIGEST_CHARS]
 
 
-def fingerprint(data: Cifar10) -> dict[str, str]:
+def fingerprint(data: CifarData) -> dict[str, str]:
     return {
         "train": _digest(data.x_train, data.y_train),
         "test": _digest(data.x_test, data.y_test),

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from archbench.data.sources import Cifar10
+from archbench.data.sources import CifarData
 
 PAD = 4  # pixels of zero padding before the 32x32 random crop
 SIZE = 32
@@ -56,7 +56,7 @@ def num_batches(n: int, batch_size: int) -> int:
 
 
 class FastPipeline:
-    def __init__(self, data: Cifar10, batch_size: int, seed: int, device: torch.device):
+    def __init__(self, data: CifarData, batch_size: int, seed: int, device: torch.device):
         self.batch_size, self.seed, self.device = batch_size, seed, torch.device(device)
         self.eval_batch_size = max(batch_size, FAST_EVAL_BATCH)
 
@@ -110,7 +110,7 @@ class FastPipeline:
             yield self.normalize(self.x_test[s : s + b]), self.y_test[s : s + b]
 
 
-def test_pipeline(data: Cifar10, batch_size: int, device: torch.device) -> FastPipeline:
+def test_pipeline(data: CifarData, batch_size: int, device: torch.device) -> FastPipeline:
     """A pipeline for evaluation only: the test set on the device, no training copy."""
     test_only = dataclasses.replace(data, x_train=data.x_train[:0], y_train=data.y_train[:0])
     return FastPipeline(test_only, batch_size, seed=0, device=device)
@@ -132,7 +132,7 @@ class _ArrayImages(torch.utils.data.Dataset):
 
 
 class ReferencePipeline:
-    def __init__(self, data: Cifar10, batch_size: int, seed: int, device: torch.device, workers: int = 2):
+    def __init__(self, data: CifarData, batch_size: int, seed: int, device: torch.device, workers: int = 2):
         from torchvision import transforms as T
 
         self.seed, self.device = seed, torch.device(device)
@@ -169,7 +169,7 @@ class ReferencePipeline:
 
 
 def build_pipeline(
-    name: str, data: Cifar10, batch_size: int, seed: int, device: torch.device, workers: int = 2
+    name: str, data: CifarData, batch_size: int, seed: int, device: torch.device, workers: int = 2
 ) -> Pipeline:
     if name == "fast":
         return FastPipeline(data, batch_size, seed, device)

@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 
 from archbench.data import fetch
+from archbench.data.datasets import CIFAR10, DATASETS, DatasetInfo
 from archbench.data.datasets import DEFAULT as DEFAULT_DATASET
-from archbench.data.datasets import DatasetInfo
 from archbench.data.datasets import get as get_dataset
 from archbench.errors import ArchbenchError
 from archbench.io_utils import os_error, read_text
@@ -70,7 +70,7 @@ def how_to_provide(ds: DatasetInfo) -> str:
 
 
 @dataclass(frozen=True)
-class Cifar10:
+class CifarData:
     """A CIFAR dataset (CIFAR-10, or CIFAR-100 with ``dataset="cifar100"``) as uint8 arrays,
     HWC layout, official order."""
 
@@ -210,7 +210,7 @@ def download(root: Path, *, named: bool, quiet: bool = False, ds: DatasetInfo | 
     return found
 
 
-def load_cifar10(
+def load_dataset(
     data_dir: str | None = None,
     *,
     download_missing: bool = False,
@@ -219,7 +219,7 @@ def load_cifar10(
     with_train: bool = True,
     quiet: bool = False,
     ds: DatasetInfo | None = None,
-) -> Cifar10:
+) -> CifarData:
     """Find the dataset ``ds`` (default: CIFAR-10, as ``datasets.DATASETS`` holds it; see
     ``candidate_dirs``), download it if it is nowhere and the network is allowed (``offline``, or
     ``ARCHBENCH_OFFLINE``, forbids it), check and load it."""
@@ -250,9 +250,11 @@ def load_cifar10(
 
 # ---------------------------------------------------------------- checks
 
-# A CIFAR-100 copy with this many training images or more holds far more than ten of its classes
-# (the official order is shuffled); one that uses only ten labels is CIFAR-10 under the wrong --dataset.
-FULL_SIZE_IMAGES = 500
+# A split of this many images whose labels all lie in CIFAR-10's 0..9 is CIFAR-10 read under a
+# dataset of more classes: CIFAR-100's official order is shuffled, so each label falls in 0..9 with
+# probability 1/10 and all of them with 10**-50; a class-balanced subset of it reaches label 49.
+LOOKS_LIKE_CIFAR10_IMAGES = 50
+CIFAR10_CLASSES = CIFAR10.num_classes
 
 
 def _not_cifar(ds: DatasetInfo) -> str:
@@ -283,8 +285,10 @@ def check_images(
     if not empty_ok and not len(x):
         raise ArchbenchError(f"{where}: holds no images; {_not_cifar(ds)}")
     if y.size and (y.min() < 0 or y.max() > top):
+        fits = [d for d in DATASETS.values() if y.min() >= 0 and y.max() < d.num_classes]
+        hint = f" (if it is {fits[0].title}, pass --dataset {fits[0].name})" if fits else ""
         raise ArchbenchError(
-            f"{where}: labels range over {y.min()}..{y.max()}, {ds.title}'s are 0..{top}; {_not_cifar(ds)}"
+            f"{where}: labels range over {y.min()}..{y.max()}, {ds.title}'s are 0..{top}; {_not_cifar(ds)}{hint}"
         )
     if exact is not None and not (
         isinstance(exact, np.ndarray) and exact.dtype == np.bool_ and exact.shape == (len(x),)
@@ -295,18 +299,18 @@ def check_images(
         )
 
 
-def check_arrays(d: Cifar10) -> None:
+def check_arrays(d: CifarData) -> None:
     """The assembled dataset, whatever its source, before any training touches it."""
     ds = d.info
     check_images(d.x_train, d.y_train, f"{d.source} (train)", ds=ds)
     check_images(d.x_test, d.y_test, f"{d.source} (test)", exact=d.test_exact, ds=ds)
-    used = np.unique(np.concatenate([d.y_train, d.y_test])).size
-    if ds.num_classes > 10 and len(d.y_train) >= FULL_SIZE_IMAGES and used <= 10:
-        raise ArchbenchError(
-            f"{d.source}: {len(d.y_train)} training images use only {used} distinct labels, but {ds.title} "
-            f"has {ds.num_classes} classes: this looks like CIFAR-10; pass --dataset cifar10, or point "
-            f"--data-dir at {ds.title}"
-        )
+    for split, y in (("training", d.y_train), ("test", d.y_test)):
+        if ds.num_classes > CIFAR10_CLASSES and len(y) >= LOOKS_LIKE_CIFAR10_IMAGES and y.max() < CIFAR10_CLASSES:
+            raise ArchbenchError(
+                f"{d.source}: its {len(y)} {split} images all have labels 0..{CIFAR10_CLASSES - 1}, but {ds.title} "
+                f"has {ds.num_classes} classes: this looks like CIFAR-10; pass --dataset cifar10, or point "
+                f"--data-dir at {ds.title}"
+            )
 
 
 def _describe(a: object) -> str:
@@ -480,7 +484,7 @@ def _read_npz_split(
 
 def read_npz_xz(
     folder: Path, *, verify: bool = True, with_train: bool = True, ds: DatasetInfo | None = None
-) -> Cifar10:
+) -> CifarData:
     ds = _dataset(ds)
     folder = Path(folder)
     sums = _read_sha256sums(folder) if verify else None
@@ -517,7 +521,7 @@ def read_npz_xz(
         if verify
         else "not checked (--no-verify-data)"
     )
-    return Cifar10(x_train, y_train, x_test, y_test, exact, f"numpy-xz folder {folder}", checked, dataset=ds.name)
+    return CifarData(x_train, y_train, x_test, y_test, exact, f"numpy-xz folder {folder}", checked, dataset=ds.name)
 
 
 # ---------------------------------------------------------------- official python version
@@ -598,7 +602,7 @@ def _batch_arrays(entry: object, name: str, ds: DatasetInfo | None = None) -> tu
     return images, labels.astype(np.int64)
 
 
-def _assemble(read: Callable[[str], bytes], where: str, verify: bool, with_train: bool, ds: DatasetInfo) -> Cifar10:
+def _assemble(read: Callable[[str], bytes], where: str, verify: bool, with_train: bool, ds: DatasetInfo) -> CifarData:
     ds = _dataset(ds)
     names = (list(ds.train_files) if with_train else []) + [ds.test_file]
     parsed = {}
@@ -613,7 +617,7 @@ def _assemble(read: Callable[[str], bytes], where: str, verify: bool, with_train
         y_train = np.concatenate([parsed[n][1] for n in ds.train_files])
     else:
         x_train, y_train = np.zeros((0, 32, 32, 3), np.uint8), np.zeros((0,), np.int64)
-    return Cifar10(
+    return CifarData(
         x_train,
         y_train,
         x_test,
@@ -627,7 +631,7 @@ def _assemble(read: Callable[[str], bytes], where: str, verify: bool, with_train
 
 def read_python_folder(
     folder: Path, *, verify: bool = True, with_train: bool = True, ds: DatasetInfo | None = None
-) -> Cifar10:
+) -> CifarData:
     ds = _dataset(ds)
     folder = Path(folder)
 
@@ -651,7 +655,7 @@ def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
 
 def read_python_archive(
     archive: Path, *, verify: bool = True, with_train: bool = True, ds: DatasetInfo | None = None
-) -> Cifar10:
+) -> CifarData:
     ds = _dataset(ds)
     archive = Path(archive)
     raw = _read_file(archive, "download the official archive again")

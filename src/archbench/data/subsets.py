@@ -11,8 +11,18 @@ import numpy as np
 from archbench.errors import ArchbenchError
 
 
+def _refuse_fewer_than_classes(n: int, num_classes: int, what: str) -> None:
+    """A subset must hold every class: fewer images than classes would silently drop some."""
+    if n < num_classes:
+        raise ArchbenchError(
+            f"{what} of {n} images cannot hold one image of each of the {num_classes} classes; choose at least "
+            f"{num_classes}"
+        )
+
+
 def balanced_indices(labels: np.ndarray, n: int, num_classes: int, what: str = "subset") -> np.ndarray:
     """Indices of ``n`` images: n // C per class, the remainder to the lowest classes."""
+    _refuse_fewer_than_classes(n, num_classes, what)
     counts = np.bincount(labels, minlength=num_classes)
     want = np.full(num_classes, n // num_classes)
     want[: n % num_classes] += 1
@@ -29,6 +39,7 @@ def balanced_indices(labels: np.ndarray, n: int, num_classes: int, what: str = "
 def stratified_holdout(labels: np.ndarray, n: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(kept, held-out) indices: ``n`` images held out, as evenly over classes as possible,
     chosen at random within each class from ``seed``; both index arrays sorted."""
+    _refuse_fewer_than_classes(n, num_classes, "--val-split")
     counts = np.bincount(labels, minlength=num_classes)
     want = np.full(num_classes, n // num_classes)
     want[: n % num_classes] += 1

@@ -23,6 +23,7 @@ class Source:
 
 
 BUILTIN = Source("builtin", "")
+DEFAULT_LR = 0.1  # a model's initial learning rate unless it declares its own (the study's, for SGD)
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class ModelSpec:
     name: str  # label in tables and the run folder's name
     build: Callable[..., nn.Module]  # build(num_classes=N) -> fresh, initialised model
     description: str
-    default_lr: float = 0.1
+    default_lr: float = DEFAULT_LR
     plain_twin_of: str | None = None  # the residual model this one is the shortcut-free twin of
     source: Source = field(default=BUILTIN)
 
@@ -38,7 +39,7 @@ class ModelSpec:
 MODELS: dict[str, ModelSpec] = {}
 
 
-def register(name: str, description: str, default_lr: float = 0.1, plain_twin_of: str | None = None):
+def register(name: str, description: str, default_lr: float = DEFAULT_LR, plain_twin_of: str | None = None):
     """Decorator: add a factory ``f(num_classes=10) -> nn.Module`` to the registry."""
 
     def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -53,7 +54,7 @@ def register(name: str, description: str, default_lr: float = 0.1, plain_twin_of
 def describe(description: str | None = None, default_lr: float | None = None, plain_twin_of: str | None = None):
     """Decorator for a factory outside the package: the metadata archbench reads from it.
 
-    ``description`` (default: the docstring's first line), ``default_lr`` (default 0.1) and
+    ``description`` (default: the docstring's first line), ``default_lr`` (default ``DEFAULT_LR``) and
     ``plain_twin_of`` (the residual model this one is the shortcut-free twin of, for the verdicts).
     Setting the same attributes by hand works as well, without importing archbench.
     """

@@ -32,15 +32,18 @@ import torch
 import torch.nn as nn
 
 from archbench.errors import ArchbenchError
-from archbench.models.registry import MODELS, ModelSpec, Source
+from archbench.models.registry import DEFAULT_LR, MODELS, ModelSpec, Source
 
 ENTRY_POINT_GROUP = "archbench.models"
 TIMM_PREFIX = "timm:"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")  # a model name is also a folder name
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")  # a model name is also a folder name
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SPEC_FORMS = "package.module:factory, path/to/file.py:factory or timm:<name>"
 FORMS = f"a name from 'archbench models', {SPEC_FORMS}"
 CHECK_IMAGES = 2  # images in the test batch a factory's model must classify
+CHECK_SEEDS = (0, 1)  # the check builds the model twice: fresh weights that follow torch's seed
+MESSAGE_CHARS = 200  # an exception's text quoted in an error line is cut to this length
+LISTED_NAMES = 10  # names a module offers, listed when the one asked for is missing
 
 
 def parse(text: str) -> tuple[str, str | None]:
@@ -60,14 +63,14 @@ def parse(text: str) -> tuple[str, str | None]:
             )
         return f"timm-{name}", text
     if ":" not in text:
-        if text in MODELS or text in entry_points():
-            return text, None
-        raise ArchbenchError(f"unknown model {text!r}; available: {', '.join(available())} (or give {SPEC_FORMS})")
+        return _registered_name(text), None
     where, factory = text.rsplit(":", 1)
     if not _IDENTIFIER.fullmatch(factory):
         raise ArchbenchError(f"model {text!r}: {factory!r} after ':' is not a Python function name; give {FORMS}")
     if _is_file(where):
         path = Path(where).expanduser().absolute()
+        if path.is_dir():
+            raise ArchbenchError(f"model {text!r}: {path} is a folder; name a .py file in it (FILE.py:factory)")
         if not path.is_file():
             raise ArchbenchError(f"model {text!r}: file {path} not found; check the path")
         spec = f"{path}:{factory}"
@@ -80,6 +83,37 @@ def parse(text: str) -> tuple[str, str | None]:
             f"model {text!r} would be filed as {factory!r}, the name of a registered model; rename the factory"
         )
     return factory, spec
+
+
+def _registered_name(text: str) -> str:
+    if text in MODELS:
+        return text
+    if text in entry_points():
+        if not is_name(text):
+            raise ArchbenchError(
+                f"entry point {text!r} ({_package_of(entry_points()[text]) or 'an installed package'}) is not a "
+                f"usable model name (letters, digits, '_', '.', '+', '-'); ask its authors to rename it"
+            )
+        return text
+    hint = f"; to use a function in that file, write {text}:factory" if text.endswith(".py") else ""
+    raise ArchbenchError(f"unknown model {text!r}; available: {', '.join(available())} (or give {SPEC_FORMS}){hint}")
+
+
+def anchored(text: str, folder: Path) -> str:
+    """``text`` with a relative ``file.py:factory`` path taken from ``folder`` (a config file's)."""
+    if not isinstance(text, str) or ":" not in text or text.startswith(TIMM_PREFIX):
+        return text
+    where, factory = text.rsplit(":", 1)
+    if not _is_file(where) or Path(where).expanduser().is_absolute():
+        return text
+    return f"{folder / where}:{factory}"
+
+
+def name_of(spec: str) -> str:
+    """The name a spec's runs are filed under: its factory's, or ``timm-<name>``."""
+    if spec.startswith(TIMM_PREFIX):
+        return f"timm-{spec[len(TIMM_PREFIX) :]}"
+    return spec.rsplit(":", 1)[-1]
 
 
 def looks_like_model(text: str) -> bool:
@@ -120,10 +154,13 @@ def resolve(name: str, spec: str | None = None) -> ModelSpec:
     where, factory_name = spec.rsplit(":", 1)
     if _is_file(where):
         module, source = _load_file(spec, Path(where))
+        factory = _attribute(spec, module, factory_name, str(where))
     else:
         module = _import(spec, where)
-        source = Source("module", spec, *_defining_file(module))
-    factory = _attribute(spec, module, factory_name)
+        factory = _attribute(spec, module, factory_name, where)
+        # The file that defines the factory, which a package's __init__ may only import.
+        defining = sys.modules.get(getattr(factory, "__module__", None) or "", module)
+        source = Source("module", spec, *_defining_file(defining))
     return _spec_of(name, factory, source)
 
 
@@ -144,7 +181,10 @@ def _load_file(spec: str, path: Path):
     try:
         code = path.read_bytes()
     except OSError as e:
-        raise ArchbenchError(f"model {spec!r}: cannot read {path} ({e.strerror}); check the path") from e
+        raise ArchbenchError(
+            f"model {spec!r}: cannot read {path} ({e.strerror}); check the path (a run records its model file's "
+            f"path: if the file moved, name its new path to compare or train --resume, which re-point the run)"
+        ) from e
     digest = hashlib.sha256(code).hexdigest()
     # A name of its own per file and content: two files called model.py never meet in sys.modules,
     # and dataclasses or pickling inside the file find their module.
@@ -181,23 +221,32 @@ def _defining_file(module) -> tuple[str | None, str | None]:
         return path, None
 
 
-def _attribute(spec: str, module, name: str) -> Callable[..., nn.Module]:
+def _attribute(spec: str, module, name: str, where: str) -> Callable[..., nn.Module]:
+    """The factory ``name`` of ``module`` (``where``: the file or module, as the user named it)."""
     factory = getattr(module, name, None)
     if factory is None:
         public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
         raise ArchbenchError(
-            f"model {spec!r}: {getattr(module, '__name__', module)} has no {name!r} "
-            f"(it has: {', '.join(public[:10]) or 'nothing callable'}); check the name after ':'"
+            f"model {spec!r}: {where} has no {name!r} "
+            f"(it has: {', '.join(public[:LISTED_NAMES]) or 'nothing callable'}); check the name after ':'"
         )
     if not callable(factory):
-        raise ArchbenchError(f"model {spec!r}: {name!r} is a {type(factory).__name__}, not a function; name a factory")
+        raise ArchbenchError(
+            f"model {spec!r}: {name!r} is of type {type(factory).__name__}, not a function; name a factory"
+        )
     return factory
 
 
+def _own_doc(factory: Callable) -> str:
+    """The factory's own docstring: a class without one would otherwise show nn.Module's."""
+    doc = factory.__dict__.get("__doc__") if isinstance(factory, type) else getattr(factory, "__doc__", None)
+    return inspect.cleandoc(doc) if isinstance(doc, str) else ""
+
+
 def _spec_of(name: str, factory: Callable[..., nn.Module], source: Source) -> ModelSpec:
-    doc = (inspect.getdoc(factory) or "").strip().splitlines()
+    doc = _own_doc(factory).splitlines()
     description = getattr(factory, "description", None) or (doc[0] if doc else f"{source.kind} model {source.spec}")
-    lr = getattr(factory, "default_lr", 0.1)
+    lr = getattr(factory, "default_lr", DEFAULT_LR)
     twin = getattr(factory, "plain_twin_of", None)
     if not (isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0):
         raise ArchbenchError(f"model {source.spec!r}: default_lr={lr!r} is not a learning rate > 0; fix the factory")
@@ -206,13 +255,21 @@ def _spec_of(name: str, factory: Callable[..., nn.Module], source: Source) -> Mo
     return ModelSpec(name, factory, str(description), float(lr), twin, source)
 
 
+def _package_of(ep: metadata.EntryPoint) -> str | None:
+    return f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else None
+
+
 def _from_entry_point(ep: metadata.EntryPoint) -> ModelSpec:
-    package = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else None
+    package = _package_of(ep)
     what = f"entry point {ep.name!r} ({ep.value}{', from ' + package if package else ''})"
     try:
         factory = ep.load()
     except Exception as e:
-        raise _raised(ep.name, f"loading {what}", e) from e
+        text = " ".join(str(e).split())[:MESSAGE_CHARS]
+        raise ArchbenchError(
+            f"model {ep.name!r}: loading {what} raised {type(e).__name__}: {text}; reinstall or update "
+            f"{package or 'the package that declares it'}"
+        ) from e
     if not callable(factory):
         raise ArchbenchError(f"model {ep.name!r}: {what} is a {type(factory).__name__}, not a function")
     module = sys.modules.get(getattr(factory, "__module__", "") or "")
@@ -237,37 +294,40 @@ def _from_timm(name: str, timm_name: str) -> ModelSpec:
         return timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
 
     source = Source("timm", f"{TIMM_PREFIX}{timm_name}", package=f"timm {timm.__version__}")
-    return ModelSpec(name, build, f"timm's {timm_name} (ImageNet stem), untrained", 0.1, None, source)
+    return ModelSpec(name, build, f"timm's {timm_name} as built for ImageNet, untrained", DEFAULT_LR, None, source)
 
 
-def _raised(spec: str, doing: str, e: BaseException) -> ArchbenchError:
-    text = " ".join(str(e).split())[:200]
-    return ArchbenchError(f"model {spec!r}: {doing} raised {type(e).__name__}: {text}; fix the model's code")
+def _raised(spec: str, doing: str, e: BaseException, fix: str = "fix the model's code") -> ArchbenchError:
+    text = " ".join(str(e).split())[:MESSAGE_CHARS]
+    return ArchbenchError(f"model {spec!r}: {doing} raised {type(e).__name__}: {text}; {fix}")
 
 
 def check(model_spec: ModelSpec, num_classes: int) -> None:
-    """Build the model once on the CPU and classify a test batch: a factory that raises, returns
-    something else than an nn.Module, or gives logits of the wrong shape is refused here, before
-    any folder is made or any training starts. The global RNG is left as it was."""
+    """Build the model on the CPU and classify a test batch, before any folder is made or any
+    training starts. Refused, each in one line: a factory that raises, that returns something else
+    than a fresh nn.Module (the same object twice, or weights that ignore torch's seed), that changes
+    torch's default dtype, or whose logits are not (B, num_classes). Torch's RNG is left as it was."""
     what = model_spec.source.spec or model_spec.name
+    fix = "choose another timm model" if model_spec.source.kind == "timm" else "fix the model's code"
+    dtype = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[]):
-        try:
-            model = model_spec.build(num_classes=num_classes)
-        except Exception as e:
-            raise _raised(what, f"its factory, called as factory(num_classes={num_classes}),", e) from e
-        if not isinstance(model, nn.Module):
-            raise ArchbenchError(
-                f"model {what!r}: its factory returned a {type(model).__name__}, not a torch.nn.Module; "
-                f"return the network itself"
-            )
-        if not any(True for _ in model.parameters()):
-            raise ArchbenchError(f"model {what!r}: the network has no parameters to train; return the whole network")
-        model.eval()
-        try:
-            with torch.no_grad():
-                out = model(torch.zeros(CHECK_IMAGES, 3, 32, 32))
-        except Exception as e:
-            raise _raised(what, "classifying a test batch of (2, 3, 32, 32) images", e) from e
+        models = []
+        for seed in CHECK_SEEDS:
+            torch.manual_seed(seed)
+            try:
+                models.append(model_spec.build(num_classes=num_classes))
+            except Exception as e:
+                raise _raised(what, f"its factory, called as factory(num_classes={num_classes}),", e, fix) from e
+            finally:
+                changed = torch.get_default_dtype()
+                torch.set_default_dtype(dtype)  # undone at once, refused just below
+            if changed != dtype:
+                raise ArchbenchError(
+                    f"model {what!r}: its factory changed torch's default dtype to {changed}; build the model "
+                    f"without changing global settings (archbench sets the precision: --precision)"
+                )
+        _check_fresh(what, *models)
+        out = _classify(what, _as_module(what, models[0]), fix)
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
     if shape != (CHECK_IMAGES, num_classes):
         got = f"shape {shape}" if shape is not None else f"a {type(out).__name__}"
@@ -277,15 +337,60 @@ def check(model_spec: ModelSpec, num_classes: int) -> None:
         )
 
 
+def _as_module(what: str, built: object) -> nn.Module:
+    if not isinstance(built, nn.Module):
+        raise ArchbenchError(
+            f"model {what!r}: its factory returned a {type(built).__name__}, not a torch.nn.Module; "
+            f"return the network itself"
+        )
+    return built
+
+
+def _check_fresh(what: str, first: object, second: object) -> None:
+    """Two builds under two seeds: two distinct nn.Modules whose initial weights differ."""
+    a, b = _as_module(what, first), _as_module(what, second)
+    pa, pb = list(a.parameters()), list(b.parameters())
+    if not pa:
+        raise ArchbenchError(f"model {what!r}: the network has no parameters to train; return the whole network")
+    if a is b or any(x is y for x, y in zip(pa, pb)):
+        raise ArchbenchError(
+            f"model {what!r}: its factory returned the same network (or parameters) twice; build a fresh one on "
+            f"each call, or every seed and model would share weights"
+        )
+    if all(x.shape == y.shape and torch.equal(x.detach().cpu(), y.detach().cpu()) for x, y in zip(pa, pb)):
+        raise ArchbenchError(
+            f"model {what!r}: its initial weights are the same under torch seeds {CHECK_SEEDS[0]} and "
+            f"{CHECK_SEEDS[1]}, so --seed would not vary them; do not set a seed or load fixed weights in the factory"
+        )
+
+
+def _classify(what: str, model: nn.Module, fix: str) -> object:
+    """The model's output for a batch of zeros, on the CPU where training moves it to its device anyway."""
+    try:
+        model = model.to("cpu").eval()
+        with torch.no_grad():
+            return model(torch.zeros(CHECK_IMAGES, 3, 32, 32))
+    except Exception as e:
+        raise _raised(what, f"classifying a test batch of ({CHECK_IMAGES}, 3, 32, 32) images", e, fix) from e
+
+
 def source_mismatch(recorded: dict | None, now: Source) -> str | None:
     """Why the model recorded in a run folder is not the model ``now`` resolves to (None: same)."""
     if not recorded:
         return None  # runs made before sources were recorded
-    if recorded.get("sha256") and now.sha256 and recorded["sha256"] != now.sha256:
-        return (
-            f"{now.file or 'its file'} has changed (SHA-256 {recorded['sha256'][:12]}… when the run began, "
-            f"{now.sha256[:12]}… now)"
-        )
     if recorded.get("package") and now.package and recorded["package"] != now.package:
         return f"it came from {recorded['package']} and now from {now.package}"
-    return None
+    then_sha, now_sha = recorded.get("sha256"), now.sha256
+    if not then_sha:
+        return None  # a built-in, or timm (its version is the package above)
+    if not now_sha:
+        return f"{now.file or 'the file defining it'} cannot be read to compare it with the one the run used"
+    if then_sha == now_sha:
+        return None
+    then_file = recorded.get("file")
+    if then_file and now.file and then_file != now.file:
+        return (
+            f"the run used {then_file} (SHA-256 {then_sha[:12]}…), this is {now.file} "
+            f"(SHA-256 {now_sha[:12]}…), another file with other contents"
+        )
+    return f"{now.file or 'its file'} has changed (SHA-256 {then_sha[:12]}… when the run began, {now_sha[:12]}… now)"

@@ -18,7 +18,7 @@ from typing import Any
 
 from archbench.bench import BenchResult, bench_one
 from archbench.config import Config
-from archbench.data.sources import Cifar10
+from archbench.data.sources import CifarData
 from archbench.errors import ArchbenchError
 from archbench.models.registry import MODELS, ModelSpec
 
@@ -48,7 +48,7 @@ def parse_counts(text: str) -> list[int]:
     return counts
 
 
-def _one(spec: ModelSpec | None, cfg: Config, data: Cifar10, epochs: int, threads: int, start, results) -> None:
+def _one(spec: ModelSpec | None, cfg: Config, data: CifarData, epochs: int, threads: int, start, results) -> None:
     """One of the K processes: the parent's registered model spec (so models registered there exist
     here too; a model given by a spec is resolved here from the config), a share of the CPU threads,
     and a common start."""
@@ -69,7 +69,7 @@ def _registered(cfg: Config) -> ModelSpec | None:
     return MODELS.get(cfg.model) if cfg.model_spec is None else None
 
 
-def measure(cfg: Config, data: Cifar10, epochs: int, k: int) -> list[BenchResult]:
+def measure(cfg: Config, data: CifarData, epochs: int, k: int) -> list[BenchResult]:
     """K runs of ``cfg`` at once, each in its own process; their results."""
     ctx = mp.get_context("spawn")  # fork would copy a parent whose torch threads are already running
     start, results = ctx.Barrier(k), ctx.Queue()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from archbench.config import Config
-from archbench.data.sources import Cifar10
+from archbench.data.sources import CifarData
 from archbench.errors import ArchbenchError
 from archbench.io_utils import atomic_write_text, make_dirs
 from archbench.scale import folders
@@ -198,7 +198,7 @@ class Display:
 
 def run_grid(
     grid: list[tuple[Config, Path]],
-    data: Cifar10,
+    data: CifarData,
     out: Path,
     options: RayOptions,
     log: Callable[[str], None] = print,

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from archbench.config import Config
-from archbench.data.sources import Cifar10
+from archbench.data.sources import CifarData
 from archbench.errors import ArchbenchError, DivergenceError
 from archbench.scale import folders
 
@@ -78,7 +78,7 @@ def reads_marker(marker: str, token: str) -> bool:
         return False
 
 
-def writable(data: Cifar10) -> Cifar10:
+def writable(data: CifarData) -> CifarData:
     """``data`` with arrays torch may write to: those read from Ray's object store are read-only views."""
     changes: dict[str, Any] = {
         f.name: np.array(v)
@@ -88,7 +88,7 @@ def writable(data: Cifar10) -> Cifar10:
     return dataclasses.replace(data, **changes) if changes else data
 
 
-def run_job(job: Job, data: Cifar10, progress) -> Outcome:
+def run_job(job: Job, data: CifarData, progress) -> Outcome:
     """The body of the Ray task (``progress``: a handle of the ``Progress`` actor)."""
     import ray
     import torch
@@ -134,7 +134,7 @@ def run_job(job: Job, data: Cifar10, progress) -> Outcome:
             shutil.rmtree(temp, ignore_errors=True)
 
 
-def _train_and_evaluate(cfg: Config, data: Cifar10, run_dir: Path, label: str, progress) -> tuple[str, str, str]:
+def _train_and_evaluate(cfg: Config, data: CifarData, run_dir: Path, label: str, progress) -> tuple[str, str, str]:
     """What a local compare does for one run: train (or resume, or reuse), plot, evaluate."""
     from archbench.analysis.compare import evaluate_run
     from archbench.analysis.environment import device_name

@@ -1,7 +1,7 @@
 """Wiring for one training run: run folder, data, model, optimizer, epochs, checkpoints.
 
-A run folder holds ``config.json`` (the resolved config), ``model.json`` (where the model's
-definition came from), ``history.csv``/``.jsonl``,
+A run folder holds ``config.json`` (the resolved config), ``model.json`` (``model_record``),
+``history.csv``/``.jsonl``,
 ``last.pt`` (resumable), ``best.pt`` (best weights) and the run's plots. The epoch
 loop itself is in ``engine``; this module decides what happens around it.
 """
@@ -17,24 +17,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from archbench.config import Config, protocol_mismatch, resolve, write_json
+from archbench.config import Config, protocol_mismatch, read_json, resolve, write_json
 from archbench.data import fingerprint
 from archbench.data.datasets import get as get_dataset
 from archbench.data.pipelines import build_pipeline, num_batches
-from archbench.data.sources import Cifar10, load_cifar10
+from archbench.data.sources import CifarData, load_dataset
 from archbench.data.subsets import balanced_indices, stratified_holdout
 from archbench.errors import ArchbenchError, DivergenceError
-from archbench.io_utils import atomic_write_text, make_dirs, remove_empty_dirs
+from archbench.io_utils import make_dirs, remove_empty_dirs
 from archbench.models import count_parameters
-from archbench.models.registry import ModelSpec
-from archbench.models.specs import check as check_model
-from archbench.models.specs import resolve as resolve_model
-from archbench.models.specs import source_mismatch
 from archbench.train import checkpoint, divergence, gradflow, history
 from archbench.train.engine import Tally, evaluate, train_one_epoch
 from archbench.train.epoch_writer import EpochFiles, EpochWriter, host_copy
 from archbench.train.gradflow import GradFlow
 from archbench.train.lock import run_lock
+from archbench.train.model_record import checked_model, refuse_changed_model, write_model_record
 from archbench.train.schedule import multistep_lr
 from archbench.train.trackers import catch_up, check_trackers, close_trackers, log_epoch, open_trackers
 from archbench.train.training import (
@@ -47,14 +44,13 @@ from archbench.train.training import (
 )
 
 CONFIG_NAME = "config.json"
-MODEL_NAME = "model.json"
 Log = Callable[[str], None]
 OnEpoch = Callable[[dict], None]
 
 
-def load_data(cfg: Config) -> Cifar10:
+def load_data(cfg: Config) -> CifarData:
     """The config's dataset: located, verified, and cut to the subsets."""
-    data = load_cifar10(
+    data = load_dataset(
         cfg.data_dir,
         download_missing=cfg.download,
         offline=cfg.offline,
@@ -65,7 +61,7 @@ def load_data(cfg: Config) -> Cifar10:
     return take_subsets(data, cfg.train_subset, cfg.test_subset)
 
 
-def take_subsets(data: Cifar10, train_subset: int | None, test_subset: int | None) -> Cifar10:
+def take_subsets(data: CifarData, train_subset: int | None, test_subset: int | None) -> CifarData:
     if train_subset is not None:
         i = balanced_indices(data.y_train, train_subset, data.num_classes, "--train-subset")
         data = replace(data, x_train=data.x_train[i], y_train=data.y_train[i])
@@ -78,7 +74,7 @@ def take_subsets(data: Cifar10, train_subset: int | None, test_subset: int | Non
     return data
 
 
-def hold_out_validation(data: Cifar10, n: int, seed: int) -> Cifar10:
+def hold_out_validation(data: CifarData, n: int, seed: int) -> CifarData:
     """The data a run with ``--val-split n`` trains on: its "test" split is the held-out images."""
     keep, held = stratified_holdout(data.y_train, n, data.num_classes, seed)
     return replace(
@@ -93,7 +89,7 @@ def hold_out_validation(data: Cifar10, n: int, seed: int) -> Cifar10:
     )
 
 
-def exact_mask(data: Cifar10, device: torch.device) -> torch.Tensor | None:
+def exact_mask(data: CifarData, device: torch.device) -> torch.Tensor | None:
     """Pixel-exact test images, only when some images are not (else nothing to report)."""
     if data.test_exact is None or bool(np.all(data.test_exact)):
         return None
@@ -178,7 +174,7 @@ class Run:
             ckpt.get("data"),
         )
 
-    def check_data(self, state: RunState, data: Cifar10) -> dict[str, str]:
+    def check_data(self, state: RunState, data: CifarData) -> dict[str, str]:
         """The fingerprint of ``data``, after refusing it if the run's epochs saw other images."""
         now = fingerprint.fingerprint(data)
         self.refuse_other_data(state.data, now)
@@ -192,7 +188,7 @@ class Run:
 
     # -- training ------------------------------------------------------------
 
-    def train(self, data_fn: Callable[[], Cifar10], resume: bool = False) -> RunState:
+    def train(self, data_fn: Callable[[], CifarData], resume: bool = False) -> RunState:
         """Train (or continue, or reuse) the run; ``data_fn`` is only called if there is work."""
         created = make_dirs(self.run_dir)
         try:
@@ -203,7 +199,7 @@ class Run:
             remove_empty_dirs(created)  # a run that failed before writing anything leaves no folders
             raise
 
-    def _train_locked(self, data_fn: Callable[[], Cifar10], resume: bool) -> RunState:
+    def _train_locked(self, data_fn: Callable[[], CifarData], resume: bool) -> RunState:
         cfg = self.cfg
         divergence.refuse_retraining(self.run_dir, cfg)
         model, opt, state = self._fresh()
@@ -212,6 +208,7 @@ class Run:
         if state.epoch >= cfg.epochs:
             gradflow.sync(self.run_dir, gradflow.columns(model), state.gradflow)
             history.sync(self.run_dir, state.records)
+            self._record_model_location()
             self.log(
                 f"[{cfg.model}] finished run found in {self.run_dir} "
                 f"({state.epoch} epochs, best val {state.best_acc:.2f}%); reusing it"
@@ -267,6 +264,18 @@ class Run:
         finally:
             close_trackers(trackers, finished=completed)
         return state
+
+    def _record_model_location(self) -> None:
+        """A finished run whose model file has moved (its contents checked by ``_restore``) records
+        the path it was given now, so that evaluations and landscapes of the run find the file."""
+        path = self.run_dir / CONFIG_NAME
+        if self.cfg.model_spec is None or not path.is_file():
+            return
+        saved = read_json(path)
+        if saved.model_spec != self.cfg.model_spec:
+            write_json(saved.replace(model_spec=self.cfg.model_spec), path)
+            write_model_record(self.run_dir, self.model_spec)
+            self.log(f"[{self.cfg.model}] the run's model file is now {self.cfg.model_spec.rsplit(':', 1)[0]}")
 
     def _commit_epoch(self, writer: EpochWriter, model, opt, state: RunState, record: dict) -> None:
         """Hand a finished epoch to the writer: best weights, the resumable checkpoint, history.
@@ -360,75 +369,6 @@ class Run:
             "eval_seconds": ev["seconds"],
             "epoch_seconds": tr["seconds"] + ev["seconds"],
         }
-
-
-def checked_model(cfg: Config) -> ModelSpec:
-    """The config's model, resolved; one built from outside the package is also built once and
-    given a test batch (``specs.check``), so a broken factory fails before any work."""
-    spec = resolve_model(cfg.model, cfg.model_spec)
-    if spec.source.kind != "builtin":
-        check_model(spec, get_dataset(cfg.dataset).num_classes)
-    return spec
-
-
-def refuse_changed_model(run_dir: Path, name: str, recorded: dict | None, spec: ModelSpec) -> None:
-    """Raise if the run was trained with another definition of its model than ``spec`` resolves to now."""
-    changed = source_mismatch(recorded, spec.source)
-    if changed:
-        raise ArchbenchError(
-            f"{run_dir} was trained with another definition of model {name!r}: {changed}; "
-            f"restore the model's code as it was, or train into another --out"
-        )
-
-
-def refuse_changed_model_of(run_dir: Path, cfg: Config) -> None:
-    """``refuse_changed_model`` against the run's model.json, for readers of finished runs
-    (evaluation, landscapes): weights that still load into a changed model would give wrong numbers."""
-    record = read_model_record(run_dir)
-    if record is not None:
-        refuse_changed_model(run_dir, cfg.model, record["source"], resolve_model(cfg.model, cfg.model_spec))
-
-
-def write_model_record(run_dir: Path, spec: ModelSpec) -> None:
-    """``model.json``: where the model came from (spec, file and its SHA-256) and its metadata, so
-    reports pair a plain twin with its resnet and a resume can tell a changed definition."""
-    import json
-
-    record = {
-        "name": spec.name,
-        "description": spec.description,
-        "default_lr": spec.default_lr,
-        "plain_twin_of": spec.plain_twin_of,
-        "source": spec.source.to_dict(),
-    }
-    atomic_write_text(Path(run_dir) / MODEL_NAME, json.dumps(record, indent=2) + "\n")
-
-
-def read_model_record(run_dir: Path) -> dict | None:
-    """A run's checked ``model.json`` (None: a run made before models were recorded)."""
-    import os
-
-    from archbench import io_utils
-    from archbench.config import RUN_CONFIG_FIX
-    from archbench.schema import STRING, TEXT, Fields, number, or_null
-
-    path = Path(run_dir) / MODEL_NAME
-    if not os.path.lexists(path):
-        return None
-    f = Fields(io_utils.read_json(path, "the run's model record", RUN_CONFIG_FIX), str(path), RUN_CONFIG_FIX)
-    record = {
-        "name": f.get("name", TEXT),
-        "description": f.get("description", STRING),
-        "default_lr": f.get("default_lr", number(positive=True)),
-        "plain_twin_of": f.get("plain_twin_of", or_null(TEXT)),
-    }
-    source = f.sub("source")
-    assert source is not None
-    record["source"] = {
-        key: source.get(key, STRING if key in ("kind", "spec") else or_null(STRING))
-        for key in ("kind", "spec", "file", "sha256", "package")
-    }
-    return record
 
 
 def refuse_other_data(run_dir: Path, recorded: dict[str, str] | None, now: dict[str, str]) -> None:
