@@ -409,7 +409,7 @@ def _model_row(name: str, spec: str | None, classes: int, listing: bool = False)
         return name, None, [f"cannot be used: {e}"]
     text = [s.description + (f" [plain twin of {s.plain_twin_of}]" if s.plain_twin_of else "")]
     if s.source.kind != "builtin":
-        where = s.source.file or s.source.package or ""
+        where = s.source.package or (s.source.file if s.source.kind != "file" else None)  # a file spec names it
         text.append(f"{s.source.kind}: {s.source.spec}" + (f" ({where})" if where else ""))
     return s.name, count_parameters(s.build(num_classes=classes)), text
 

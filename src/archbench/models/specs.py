@@ -145,10 +145,7 @@ def resolve(name: str, spec: str | None = None) -> ModelSpec:
     if spec is None:
         if name in MODELS:
             return MODELS[name]
-        eps = entry_points()
-        if name not in eps:
-            raise ArchbenchError(f"unknown model {name!r}; available: {', '.join(available())} (or give {SPEC_FORMS})")
-        return _from_entry_point(eps[name])
+        return _from_entry_point(entry_points()[_registered_name(name)])
     if spec.startswith(TIMM_PREFIX):
         return _from_timm(name, spec[len(TIMM_PREFIX) :])
     where, factory_name = spec.rsplit(":", 1)
