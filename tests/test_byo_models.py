@@ -85,6 +85,10 @@ def float64(num_classes=10):
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
 
 
+def lazy(num_classes=10):
+    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+
+
 def tuple_out(num_classes=10):
     class Two(nn.Module):
         def __init__(self):
@@ -209,6 +213,7 @@ def _one_line_error(capsys, argv) -> str:
         ("BAD:seeded", "initial weights are the same under torch seeds 0 and 1"),
         ("BAD:float64", "changed torch's default dtype to torch.float64"),
         ("BAD:tuple_out", "gave a tuple, expected (2, 10) logits"),
+        ("BAD:lazy", "it has lazy layers (nn.LazyLinear, nn.LazyConv2d, ...)"),
         ("FOLDER:f", "is a folder; name a .py file in it"),
         ("BAD", "to use a function in that file, write"),
         ("BAD:raises", "raised ValueError: no such width; fix the model's code"),

@@ -301,30 +301,42 @@ def _raised(spec: str, doing: str, e: BaseException, fix: str = "fix the model's
 
 def check(model_spec: ModelSpec, num_classes: int) -> None:
     """Build the model on the CPU and classify a test batch, before any folder is made or any
-    training starts. Refused, each in one line: a factory that raises, that returns something else
-    than a fresh nn.Module (the same object twice, or weights that ignore torch's seed), that changes
-    torch's default dtype, or whose logits are not (B, num_classes). Torch's RNG is left as it was."""
+    training starts, twice, under two torch seeds. Refused, each in one line: a factory that raises,
+    that returns something else than a fresh nn.Module (the same object twice, or weights that ignore
+    torch's seed), that changes torch's default dtype, or whose logits are not (B, num_classes).
+    Torch's RNG is left as it was."""
     what = model_spec.source.spec or model_spec.name
     fix = "choose another timm model" if model_spec.source.kind == "timm" else "fix the model's code"
-    dtype = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[]):
         models = []
         for seed in CHECK_SEEDS:
             torch.manual_seed(seed)
-            try:
-                models.append(model_spec.build(num_classes=num_classes))
-            except Exception as e:
-                raise _raised(what, f"its factory, called as factory(num_classes={num_classes}),", e, fix) from e
-            finally:
-                changed = torch.get_default_dtype()
-                torch.set_default_dtype(dtype)  # undone at once, refused just below
-            if changed != dtype:
-                raise ArchbenchError(
-                    f"model {what!r}: its factory changed torch's default dtype to {changed}; build the model "
-                    f"without changing global settings (archbench sets the precision: --precision)"
-                )
+            model = _as_module(what, _build(what, model_spec, num_classes, fix))
+            _refuse_lazy(what, model)
+            _check_logits(what, _classify(what, model, fix), num_classes)
+            models.append(model)
         _check_fresh(what, *models)
-        out = _classify(what, _as_module(what, models[0]), fix)
+
+
+def _build(what: str, model_spec: ModelSpec, num_classes: int, fix: str) -> object:
+    """The factory's result; a change it makes to torch's default dtype is undone, then refused."""
+    dtype = torch.get_default_dtype()
+    try:
+        built = model_spec.build(num_classes=num_classes)
+    except Exception as e:
+        torch.set_default_dtype(dtype)
+        raise _raised(what, f"its factory, called as factory(num_classes={num_classes}),", e, fix) from e
+    changed = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    if changed != dtype:
+        raise ArchbenchError(
+            f"model {what!r}: its factory changed torch's default dtype to {changed}; build the model "
+            f"without changing global settings (archbench sets the precision: --precision)"
+        )
+    return built
+
+
+def _check_logits(what: str, out: object, num_classes: int) -> None:
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
     if shape != (CHECK_IMAGES, num_classes):
         got = f"shape {shape}" if shape is not None else f"a {type(out).__name__}"
@@ -343,9 +355,17 @@ def _as_module(what: str, built: object) -> nn.Module:
     return built
 
 
-def _check_fresh(what: str, first: object, second: object) -> None:
-    """Two builds under two seeds: two distinct nn.Modules whose initial weights differ."""
-    a, b = _as_module(what, first), _as_module(what, second)
+def _refuse_lazy(what: str, model: nn.Module) -> None:
+    """The optimizer is built before the first batch, so every parameter must have its shape by then."""
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        raise ArchbenchError(
+            f"model {what!r}: it has lazy layers (nn.LazyLinear, nn.LazyConv2d, ...) whose weights take their "
+            f"shape at the first batch; give their input sizes, as the optimizer needs every weight before training"
+        )
+
+
+def _check_fresh(what: str, a: nn.Module, b: nn.Module) -> None:
+    """Two builds under two seeds: two distinct networks whose initial weights differ."""
     pa, pb = list(a.parameters()), list(b.parameters())
     if not pa:
         raise ArchbenchError(f"model {what!r}: the network has no parameters to train; return the whole network")
