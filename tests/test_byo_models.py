@@ -80,6 +80,28 @@ def seeded(num_classes=10):
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
 
 
+def numpy_init(num_classes=10):
+    import numpy as np
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.from_numpy(np.random.randn(num_classes, 3 * 32 * 32)))
+    return net
+
+
+def aux_in_training(num_classes=10):
+    class Aux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3 * 32 * 32, num_classes)
+
+        def forward(self, x):
+            logits = self.fc(x.flatten(1))
+            return (logits, logits) if self.training else logits
+
+    return Aux()
+
+
 def float64(num_classes=10):
     torch.set_default_dtype(torch.float64)
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, num_classes))
@@ -210,15 +232,16 @@ def _one_line_error(capsys, argv) -> str:
         ("BAD:nothere", "bad_models.py has no 'nothere' (it has: "),
         ("BAD:not_a_function", "'not_a_function' is of type int, not a function"),
         ("BAD:shared", "returned the same network (or parameters) twice"),
-        ("BAD:seeded", "initial weights are the same under torch seeds 0 and 1"),
+        ("BAD:numpy_init", "two builds under the same torch seed have different initial weights"),
+        ("BAD:aux_in_training", "gave a tuple in training mode, expected (2, 10) logits"),
         ("BAD:float64", "changed torch's default dtype to torch.float64"),
-        ("BAD:tuple_out", "gave a tuple, expected (2, 10) logits"),
+        ("BAD:tuple_out", "gave a tuple in training mode, expected (2, 10) logits"),
         ("BAD:lazy", "it has lazy layers (nn.LazyLinear, nn.LazyConv2d, ...)"),
         ("FOLDER:f", "is a folder; name a .py file in it"),
         ("BAD", "to use a function in that file, write"),
         ("BAD:raises", "raised ValueError: no such width; fix the model's code"),
         ("BAD:no_module", "its factory returned a str, not a torch.nn.Module"),
-        ("BAD:wrong_shape", "gave shape (2, 7), expected (2, 10) logits"),
+        ("BAD:wrong_shape", "gave shape (2, 7) in training mode, expected (2, 10) logits"),
         ("BAD:no_num_classes", "raised TypeError: "),
         ("missing_file.py:f", "missing_file.py not found; check the path"),
         ("labnets.small:bad-name", "is not a Python function name"),
@@ -370,3 +393,31 @@ def test_a_finished_run_follows_its_model_file_when_it_moves(user_models, tmp_pa
     assert main(["compare", f"{moved / user_models.name}:cnn", *argv]) == 0  # reused, then evaluated again
     assert "the run's model file is now" in capsys.readouterr().out
     assert json.loads((out / "cnn" / "config.json").read_text())["model_spec"] == f"{moved / user_models.name}:cnn"
+
+
+def test_weights_that_ignore_the_seed_are_allowed_with_a_note(tmp_path):
+    bad = write(tmp_path / "bad_models.py", BAD_FILE)
+    notes = specs.check(specs.resolve(*specs.parse(f"{bad}:seeded")), 10)
+    assert len(notes) == 1 and "initial weights do not depend on --seed" in notes[0]
+
+
+def test_a_model_file_imports_what_lies_beside_it_from_any_folder(tmp_path, monkeypatch):
+    write(
+        tmp_path / "lib" / "blocks_xyz.py",
+        "import torch.nn as nn\n\n\ndef head(n):\n    return nn.Linear(3 * 32 * 32, n)\n",
+    )
+    net = write(
+        tmp_path / "lib" / "net.py",
+        "import torch.nn as nn\nfrom blocks_xyz import head\n\n\ndef sib(num_classes=10):\n"
+        "    return nn.Sequential(nn.Flatten(), head(num_classes))\n",
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))  # the folder added is this test's alone
+    specs.check(specs.resolve(*specs.parse(f"{net}:sib")), 10)
+
+
+def test_compare_refuses_a_config_files_model_instead_of_training_the_default_pair(user_models, tmp_path, capsys):
+    cfg_file = write(user_models.parent / "exp.toml", 'model = "my_models.py:cnn"\n')
+    err = _one_line_error(capsys, ["compare", "--config", str(cfg_file), "--out", str(tmp_path / "o")])
+    assert "sets model, but compare takes its models on the command line" in err
+    assert not (tmp_path / "o").exists()

@@ -173,3 +173,20 @@ def test_runs_of_two_datasets_are_never_mixed(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(out / "tiny"), str(tmp_path / "o2" / "tiny"), "--no-verify-data"]) == 1
     assert "trained on different datasets (cifar10, cifar100)" in capsys.readouterr().err
+
+
+def test_the_landscapes_default_images_hold_every_class():
+    import torch
+
+    from archbench.analysis.landscape import Settings, resolve
+
+    assert resolve(Settings(), torch.device("cpu"), 100).images == 100
+    assert resolve(Settings(), torch.device("cpu")).images == 30  # CIFAR-10 keeps the CPU default
+    with pytest.raises(ArchbenchError, match="--images 30: must be at least 100"):
+        resolve(Settings(images=30), torch.device("cpu"), 100)
+
+
+def test_an_official_cifar100_folder_without_the_flag_names_it(tmp_path):
+    folder, _ = make_official100(tmp_path)
+    with pytest.raises(ArchbenchError, match=r"CIFAR-10 not found .*but CIFAR-100 is there; pass --dataset cifar100"):
+        sources.load_dataset(str(folder))

@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "models",
         nargs="*",
-        default=list(DEFAULT_COMPARE),
+        default=None,
         help=f"models to compare, each {MODEL_FORMS} (default: {' '.join(DEFAULT_COMPARE)})",
     )
     p.add_argument(
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "models",
         nargs="*",
-        default=list(DEFAULT_COMPARE),
+        default=None,
         help=f"models to time, each {MODEL_FORMS} (default: {' '.join(DEFAULT_COMPARE)})",
     )
     p.add_argument("--pipelines", default="fast,reference", help="comma-separated (default fast,reference)")
@@ -401,13 +401,12 @@ def _model_row(name: str, spec: str | None, classes: int, listing: bool = False)
 
     try:
         s = resolve(name, spec)
-        if s.source.kind != "builtin":
-            check(s, classes)
+        notes = check(s, classes) if s.source.kind != "builtin" else []
     except ArchbenchError as e:
         if not listing:
             raise
         return name, None, [f"cannot be used: {e}"]
-    text = [s.description + (f" [plain twin of {s.plain_twin_of}]" if s.plain_twin_of else "")]
+    text = [s.description + (f" [plain twin of {s.plain_twin_of}]" if s.plain_twin_of else ""), *notes]
     if s.source.kind != "builtin":
         where = s.source.package or (s.source.file if s.source.kind != "file" else None)  # a file spec names it
         text.append(f"{s.source.kind}: {s.source.spec}" + (f" ({where})" if where else ""))
@@ -450,7 +449,7 @@ def cmd_compare(args) -> int:
 
     started = time.perf_counter()
     cfg = config_from_args(args)
-    model_cfgs = _model_configs(cfg, args.models)
+    model_cfgs = _model_configs(cfg, args.models or _default_models(args))
     args.models = [c.model for c in model_cfgs]  # from here on: the names the runs are filed under
     if len(set(args.seeds or [])) != len(args.seeds or []):
         raise ArchbenchError(f"a seed is named twice in {' '.join(map(str, args.seeds))}; name each once")
@@ -484,6 +483,17 @@ def cmd_compare(args) -> int:
     failed: list[FailedRun] = []
     _finish_compare(args, cfg, (refs, results, failed), data, runs[0].device, None, started)
     return 0
+
+
+def _default_models(args: argparse.Namespace) -> list[str]:
+    """compare's and bench's models when none are named: the study's pair. A --config file's
+    ``model`` is train's; here it is refused rather than silently replaced by the pair."""
+    if getattr(args, "config", None) and "model" in load_file(args.config):
+        raise ArchbenchError(
+            f"{args.config} sets model, but {args.command} takes its models on the command line: name them "
+            f"(archbench {args.command} MODEL ...), or take model out of the file"
+        )
+    return list(DEFAULT_COMPARE)
 
 
 def _model_configs(cfg: Config, texts: list[str]) -> list[Config]:
@@ -620,7 +630,7 @@ def cmd_bench(args) -> int:
     from archbench.train.training import resolve_device
 
     cfg = config_from_args(args)
-    model_cfgs = _model_configs(cfg, args.models)
+    model_cfgs = _model_configs(cfg, args.models or _default_models(args))
     for m in model_cfgs:
         checked_model(m)  # a broken model fails in one line before minutes of timing
     device = resolve_device(cfg.device)
@@ -824,9 +834,12 @@ def _training_images(data_dir, download: bool, offline: bool, verify: bool, quie
 
 def measure_landscapes(run_dirs: list[Path], settings, images: Callable, device, out: Path | None, quiet: bool):
     from archbench.analysis import landscape, landscape_study
-    from archbench.train.runner import progress
+    from archbench.config import read_json
+    from archbench.data.datasets import get as get_dataset
+    from archbench.train.runner import CONFIG_NAME, progress
 
-    s = landscape.resolve(settings, device)
+    classes = max(get_dataset(read_json(d / CONFIG_NAME).dataset).num_classes for d in run_dirs)
+    s = landscape.resolve(settings, device, classes)
     out = out or landscape_study.overlay_dir(run_dirs)
     log(
         f"landscape on {device}: {', '.join(s.kinds)}; {s.resolution} points per axis over ±{s.span:g}, "

@@ -77,9 +77,11 @@ DEFAULTS = {
 DENSITY_STEPS, DENSITY_PROBES = 40, 2  # Lanczos steps and probes of the eigenvalue density
 
 
-def resolve(s: Settings, device: torch.device) -> Settings:
-    """Fill the device's defaults and check every value, naming the flag of a bad one."""
-    d = DEFAULTS["cuda" if device.type == "cuda" else "other"]
+def resolve(s: Settings, device: torch.device, num_classes: int = 10) -> Settings:
+    """Fill the device's defaults and check every value, naming the flag of a bad one. The images
+    are class-balanced, so there are at least as many as the runs' dataset has classes."""
+    d = {**DEFAULTS["cuda" if device.type == "cuda" else "other"]}
+    d["images"] = max(d["images"], num_classes)
     s = dataclasses.replace(s, **{k: v for k, v in d.items() if getattr(s, k) is None})
     bad = [k for k in s.kinds if k not in KINDS]
     if bad or not s.kinds:
@@ -88,7 +90,7 @@ def resolve(s: Settings, device: torch.device) -> Settings:
         (s.weights in WEIGHTS, "--weights", f"one of {', '.join(WEIGHTS)}", s.weights),
         (s.resolution >= 3 and s.resolution % 2 == 1, "--resolution", "an odd number ≥ 3", s.resolution),
         (math.isfinite(s.span) and s.span > 0, "--span", "a positive number", s.span),
-        (s.images >= 10, "--images", "at least 10 (one per class)", s.images),
+        (s.images >= num_classes, "--images", f"at least {num_classes} (one per class)", s.images),
         (s.seed >= 0, "--directions-seed", "≥ 0", s.seed),
         (s.eigenvalues >= 1, "--eigenvalues", "≥ 1", s.eigenvalues),
         (s.trace_samples >= 2, "--trace-samples", "≥ 2 (the standard error needs two)", s.trace_samples),

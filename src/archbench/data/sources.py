@@ -164,6 +164,11 @@ def not_found(
     tried = "; ".join(f"{label} = {path.resolve()}" for label, path in places)
     off = offline and download_target(data_dir, download_missing, ds) is not None
     why = " and downloading is off (--offline or ARCHBENCH_OFFLINE)" if off else ""
+    other = next((d for d in DATASETS.values() if d != ds and any(detect(p, d) for _, p in places)), None)
+    if other is not None:  # the user's copy is of the other dataset: the flag is the fix
+        return ArchbenchError(
+            f"{ds.title} not found (tried {tried}), but {other.title} is there; pass --dataset {other.name}"
+        )
     return ArchbenchError(f"{ds.title} not found (tried {tried}){why}; {how_to_provide(ds)}")
 
 

@@ -22,9 +22,10 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -41,7 +42,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SPEC_FORMS = "package.module:factory, path/to/file.py:factory or timm:<name>"
 FORMS = f"a name from 'archbench models', {SPEC_FORMS}"
 CHECK_IMAGES = 2  # images in the test batch a factory's model must classify
-CHECK_SEEDS = (0, 1)  # the check builds the model twice: fresh weights that follow torch's seed
+SEEDS = (0, 1)  # the check builds the model under the first twice (the same weights) and the second once
 MESSAGE_CHARS = 200  # an exception's text quoted in an error line is cut to this length
 LISTED_NAMES = 10  # names a module offers, listed when the one asked for is missing
 
@@ -68,7 +69,7 @@ def parse(text: str) -> tuple[str, str | None]:
     if not _IDENTIFIER.fullmatch(factory):
         raise ArchbenchError(f"model {text!r}: {factory!r} after ':' is not a Python function name; give {FORMS}")
     if _is_file(where):
-        path = Path(where).expanduser().absolute()
+        path = _normal(Path(where).expanduser())
         if path.is_dir():
             raise ArchbenchError(f"model {text!r}: {path} is a folder; name a .py file in it (FILE.py:factory)")
         if not path.is_file():
@@ -80,7 +81,9 @@ def parse(text: str) -> tuple[str, str | None]:
         raise ArchbenchError(f"model {text!r}: {where!r} is neither a .py file nor a module path; give {FORMS}")
     if factory in MODELS or factory in entry_points():
         raise ArchbenchError(
-            f"model {text!r} would be filed as {factory!r}, the name of a registered model; rename the factory"
+            f"model {text!r} would be filed as {factory!r}, the name of a registered model; rename the factory "
+            f"(for a library's function, wrap it in a file: def my_{factory}(num_classes=10): return "
+            f"{factory}(num_classes=num_classes))"
         )
     return factory, spec
 
@@ -99,6 +102,11 @@ def _registered_name(text: str) -> str:
     raise ArchbenchError(f"unknown model {text!r}; available: {', '.join(available())} (or give {SPEC_FORMS}){hint}")
 
 
+def _normal(path: Path) -> Path:
+    """An absolute path without '.' or '..' parts (links kept), so one file has one spelling."""
+    return Path(os.path.normpath(path.absolute()))
+
+
 def anchored(text: str, folder: Path) -> str:
     """``text`` with a relative ``file.py:factory`` path taken from ``folder`` (a config file's)."""
     if not isinstance(text, str) or ":" not in text or text.startswith(TIMM_PREFIX):
@@ -106,7 +114,7 @@ def anchored(text: str, folder: Path) -> str:
     where, factory = text.rsplit(":", 1)
     if not _is_file(where) or Path(where).expanduser().is_absolute():
         return text
-    return f"{folder / where}:{factory}"
+    return f"{_normal(folder / where)}:{factory}"
 
 
 def name_of(spec: str) -> str:
@@ -194,6 +202,10 @@ def _load_file(spec: str, path: Path):
         raise ArchbenchError(f"model {spec!r}: {path} cannot be imported as Python; give a .py file")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[module_name] = module
+    # As `python file.py` would, the file's folder is searched for what it imports (a blocks.py beside
+    # it); appended, so that it never hides an installed package, and kept, for imports at call time.
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
     try:
         loader_spec.loader.exec_module(module)
     except BaseException as e:
@@ -299,23 +311,25 @@ def _raised(spec: str, doing: str, e: BaseException, fix: str = "fix the model's
     return ArchbenchError(f"model {spec!r}: {doing} raised {type(e).__name__}: {text}; {fix}")
 
 
-def check(model_spec: ModelSpec, num_classes: int) -> None:
-    """Build the model on the CPU and classify a test batch, before any folder is made or any
-    training starts, twice, under two torch seeds. Refused, each in one line: a factory that raises,
-    that returns something else than a fresh nn.Module (the same object twice, or weights that ignore
-    torch's seed), that changes torch's default dtype, or whose logits are not (B, num_classes).
+def check(model_spec: ModelSpec, num_classes: int) -> list[str]:
+    """Build the model on the CPU and run a test batch through it, in training (with a backward
+    pass) and evaluation mode, before any folder is made or any training starts; the notes a user
+    should read are returned. Refused, each in one line: a factory that raises, that returns
+    something else than a fresh nn.Module (the same object twice, or weights that differ under one
+    torch seed), that changes torch's default dtype, or whose logits are not (B, num_classes).
     Torch's RNG is left as it was."""
     what = model_spec.source.spec or model_spec.name
     fix = "choose another timm model" if model_spec.source.kind == "timm" else "fix the model's code"
     with torch.random.fork_rng(devices=[]):
-        models = []
-        for seed in CHECK_SEEDS:
+        built = {}
+        for key, seed in (("first", SEEDS[0]), ("again", SEEDS[0]), ("other", SEEDS[1])):
             torch.manual_seed(seed)
-            model = _as_module(what, _build(what, model_spec, num_classes, fix))
-            _refuse_lazy(what, model)
-            _check_logits(what, _classify(what, model, fix), num_classes)
-            models.append(model)
-        _check_fresh(what, *models)
+            built[key] = _as_module(what, _build(what, model_spec, num_classes, fix))
+        model = built["first"]
+        _refuse_lazy(what, model)
+        _check_logits(what, _train_step(what, model, num_classes, fix), num_classes, "in training mode")
+        _check_logits(what, _classify(what, model, fix), num_classes, "in evaluation mode")
+        return _check_fresh(what, built["first"], built["again"], built["other"])
 
 
 def _build(what: str, model_spec: ModelSpec, num_classes: int, fix: str) -> object:
@@ -336,14 +350,27 @@ def _build(what: str, model_spec: ModelSpec, num_classes: int, fix: str) -> obje
     return built
 
 
-def _check_logits(what: str, out: object, num_classes: int) -> None:
+def _check_logits(what: str, out: object, num_classes: int, mode: str) -> None:
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
     if shape != (CHECK_IMAGES, num_classes):
         got = f"shape {shape}" if shape is not None else f"a {type(out).__name__}"
         raise ArchbenchError(
-            f"model {what!r}: a test batch of {CHECK_IMAGES} images gave {got}, expected "
-            f"({CHECK_IMAGES}, {num_classes}) logits; the network must end in num_classes outputs"
+            f"model {what!r}: a test batch of {CHECK_IMAGES} images gave {got} {mode}, expected "
+            f"({CHECK_IMAGES}, {num_classes}) logits; the network must return num_classes logits per image "
+            f"(auxiliary outputs off)"
         )
+
+
+def _train_step(what: str, model: nn.Module, num_classes: int, fix: str) -> object:
+    """The model's output in training mode, after a backward pass through it when it is logits."""
+    try:
+        model = model.to("cpu").train()
+        out = model(torch.zeros(CHECK_IMAGES, 3, 32, 32))
+        if isinstance(out, torch.Tensor) and out.shape == (CHECK_IMAGES, num_classes):
+            torch.nn.functional.cross_entropy(out.float(), torch.zeros(CHECK_IMAGES, dtype=torch.long)).backward()
+        return out
+    except Exception as e:
+        raise _raised(what, f"a training step on a test batch of ({CHECK_IMAGES}, 3, 32, 32) images", e, fix) from e
 
 
 def _as_module(what: str, built: object) -> nn.Module:
@@ -364,21 +391,34 @@ def _refuse_lazy(what: str, model: nn.Module) -> None:
         )
 
 
-def _check_fresh(what: str, a: nn.Module, b: nn.Module) -> None:
-    """Two builds under two seeds: two distinct networks whose initial weights differ."""
-    pa, pb = list(a.parameters()), list(b.parameters())
-    if not pa:
+def _check_fresh(what: str, first: nn.Module, again: nn.Module, other: nn.Module) -> list[str]:
+    """Three builds: two under one torch seed must be distinct networks with equal weights (the
+    seed reproduces the run); the notes say when a third, under another seed, has the same weights."""
+    p1, p2, p3 = (list(m.parameters()) for m in (first, again, other))
+    if not p1:
         raise ArchbenchError(f"model {what!r}: the network has no parameters to train; return the whole network")
-    if a is b or any(x is y for x, y in zip(pa, pb)):
+    if first is again or any(x is y for x, y in zip(p1, p2)):
         raise ArchbenchError(
             f"model {what!r}: its factory returned the same network (or parameters) twice; build a fresh one on "
             f"each call, or every seed and model would share weights"
         )
-    if all(x.shape == y.shape and torch.equal(x.detach().cpu(), y.detach().cpu()) for x, y in zip(pa, pb)):
+    if not _same_weights(p1, p2):
         raise ArchbenchError(
-            f"model {what!r}: its initial weights are the same under torch seeds {CHECK_SEEDS[0]} and "
-            f"{CHECK_SEEDS[1]}, so --seed would not vary them; do not set a seed or load fixed weights in the factory"
+            f"model {what!r}: two builds under the same torch seed have different initial weights, so --seed "
+            f"cannot reproduce a run; draw them from torch's random generator (not numpy's or Python's)"
         )
+    if _same_weights(p1, p3):
+        return [
+            f"note: {what}'s initial weights do not depend on --seed (a deterministic init, or a factory that "
+            f"sets a seed or loads weights); seeds then vary only the data order and augmentation"
+        ]
+    return []
+
+
+def _same_weights(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(
+        x.shape == y.shape and torch.equal(x.detach().cpu(), y.detach().cpu()) for x, y in zip(a, b)
+    )
 
 
 def _classify(what: str, model: nn.Module, fix: str) -> object:

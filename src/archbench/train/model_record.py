@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from archbench import io_utils
@@ -27,12 +28,13 @@ from archbench.schema import OBJECT, STRING, TEXT, Fields, number, or_null
 MODEL_NAME = "model.json"
 
 
-def checked_model(cfg: Config) -> ModelSpec:
-    """The config's model, resolved; one built from outside the package is also built once and
-    given a test batch (``specs.check``), so a broken factory fails before any work."""
+def checked_model(cfg: Config, log: Callable[[str], None] = print) -> ModelSpec:
+    """The config's model, resolved; one from outside the package is also built and given a test
+    batch (``specs.check``), so a broken factory fails before any work; its notes go to ``log``."""
     spec = resolve_model(cfg.model, cfg.model_spec)
     if spec.source.kind != "builtin":
-        check_model(spec, get_dataset(cfg.dataset).num_classes)
+        for note in check_model(spec, get_dataset(cfg.dataset).num_classes):
+            log(note)
     return spec
 
 

@@ -31,7 +31,7 @@ from archbench.train.engine import Tally, evaluate, train_one_epoch
 from archbench.train.epoch_writer import EpochFiles, EpochWriter, host_copy
 from archbench.train.gradflow import GradFlow
 from archbench.train.lock import run_lock
-from archbench.train.model_record import checked_model, refuse_changed_model, write_model_record
+from archbench.train.model_record import checked_model, read_model_record, refuse_changed_model, write_model_record
 from archbench.train.schedule import multistep_lr
 from archbench.train.trackers import catch_up, check_trackers, close_trackers, log_epoch, open_trackers
 from archbench.train.training import (
@@ -126,7 +126,7 @@ class Run:
 
     def __init__(self, cfg: Config, run_dir: Path, log: Log = print, on_epoch: OnEpoch | None = None):
         self.device = resolve_device(cfg.device)
-        self.model_spec = checked_model(cfg)  # a model that cannot train is refused before any folder is made
+        self.model_spec = checked_model(cfg, log)  # a model that cannot train is refused before any folder is made
         self.cfg = resolve(cfg, self.device.type)
         check_device_options(self.cfg, self.device)
         check_trackers(self.cfg)  # a missing tracker package is refused before any folder is made
@@ -201,6 +201,7 @@ class Run:
 
     def _train_locked(self, data_fn: Callable[[], CifarData], resume: bool) -> RunState:
         cfg = self.cfg
+        self._follow_moved_model()  # first: a diverged run is counted, and evaluated, from its record too
         divergence.refuse_retraining(self.run_dir, cfg)
         model, opt, state = self._fresh()
         if _has_run_to_continue(self.run_dir, resume):
@@ -208,7 +209,6 @@ class Run:
         if state.epoch >= cfg.epochs:
             gradflow.sync(self.run_dir, gradflow.columns(model), state.gradflow)
             history.sync(self.run_dir, state.records)
-            self._record_model_location()
             self.log(
                 f"[{cfg.model}] finished run found in {self.run_dir} "
                 f"({state.epoch} epochs, best val {state.best_acc:.2f}%); reusing it"
@@ -265,12 +265,15 @@ class Run:
             close_trackers(trackers, finished=completed)
         return state
 
-    def _record_model_location(self) -> None:
-        """A finished run whose model file has moved (its contents checked by ``_restore``) records
-        the path it was given now, so that evaluations and landscapes of the run find the file."""
+    def _follow_moved_model(self) -> None:
+        """A run whose model is now given from another place, with the same definition as model.json
+        recorded, records that place, so that evaluations and landscapes of the run find the file; a
+        changed definition is refused here, before anything is read or written."""
         path = self.run_dir / CONFIG_NAME
-        if self.cfg.model_spec is None or not path.is_file():
+        record = read_model_record(self.run_dir)
+        if self.cfg.model_spec is None or record is None or not path.is_file():
             return
+        refuse_changed_model(self.run_dir, self.cfg.model, record["source"], self.model_spec)
         saved = read_json(path)
         if saved.model_spec != self.cfg.model_spec:
             write_json(saved.replace(model_spec=self.cfg.model_spec), path)
