@@ -98,6 +98,25 @@ def batch_pickle(x_hwc: np.ndarray, y: np.ndarray) -> bytes:
     )
 
 
+def write_official(root: Path, folder_name: str, archive_name: str, files: dict[str, bytes], archive: bool) -> Path:
+    """``files`` as the official python version lays them out: ``root/FOLDER/``, or with
+    ``archive`` ``root/ARCHIVE`` holding ``FOLDER/``."""
+    root.mkdir(parents=True, exist_ok=True)
+    if archive:
+        path = root / archive_name
+        with tarfile.open(path, "w:gz") as tar:
+            for name, raw in files.items():
+                info = tarfile.TarInfo(f"{folder_name}/{name}")
+                info.size = len(raw)
+                tar.addfile(info, io.BytesIO(raw))
+        return path
+    folder = root / folder_name
+    folder.mkdir()
+    for name, raw in files.items():
+        (folder / name).write_bytes(raw)
+    return folder
+
+
 def make_official(root: Path, per_batch: int = 20, archive: bool = False, seed: int = 1) -> tuple[Path, CifarData]:
     """A tiny fake ``cifar-10-batches-py`` folder (or its .tar.gz) and the arrays it holds."""
     d = synthetic(5 * per_batch, per_batch, seed=seed)
@@ -109,20 +128,7 @@ def make_official(root: Path, per_batch: int = 20, archive: bool = False, seed: 
     }
     files["test_batch"] = batch_pickle(d.x_test, d.y_test)
     files["batches.meta"] = pickle.dumps({"label_names": ["x"] * 10}, protocol=2)
-    root.mkdir(parents=True, exist_ok=True)
-    if archive:
-        path = root / "cifar-10-python.tar.gz"
-        with tarfile.open(path, "w:gz") as tar:
-            for name, raw in files.items():
-                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-                info.size = len(raw)
-                tar.addfile(info, io.BytesIO(raw))
-        return path, d
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir()
-    for name, raw in files.items():
-        (folder / name).write_bytes(raw)
-    return folder, d
+    return write_official(root, "cifar-10-batches-py", "cifar-10-python.tar.gz", files, archive), d
 
 
 def synthetic100(per_class_train: int = 2, per_class_test: int = 1, seed: int = 2) -> CifarData:
@@ -162,17 +168,4 @@ def make_official100(root: Path, archive: bool = False, data: CifarData | None =
         "test": cifar100_pickle(d.x_test, d.y_test),
         "meta": pickle.dumps({"fine_label_names": ["x"] * 100, "coarse_label_names": ["y"] * 20}, protocol=2),
     }
-    root.mkdir(parents=True, exist_ok=True)
-    if archive:
-        path = root / "cifar-100-python.tar.gz"
-        with tarfile.open(path, "w:gz") as tar:
-            for name, raw in files.items():
-                info = tarfile.TarInfo(f"cifar-100-python/{name}")
-                info.size = len(raw)
-                tar.addfile(info, io.BytesIO(raw))
-        return path, d
-    folder = root / "cifar-100-python"
-    folder.mkdir()
-    for name, raw in files.items():
-        (folder / name).write_bytes(raw)
-    return folder, d
+    return write_official(root, "cifar-100-python", "cifar-100-python.tar.gz", files, archive), d
