@@ -7,6 +7,7 @@ Usage: python fault_driver.py FAULT archbench-args...   FAULT is one of
                        complete and before it is renamed into place
   partial:NAME:N       SIGKILL half-way through writing the temp file of the N-th NAME checkpoint
   term:NAME:N          SIGTERM half-way through writing the temp file of the N-th NAME checkpoint
+                       (prints the epoch that write carries)
   append:NAME:N        SIGKILL just before the N-th append to history file NAME
   enospc:NAME:N        the N-th atomic write of NAME fails with "No space left on device"
   nan:N                the N-th training loss is NaN
@@ -98,6 +99,8 @@ def install(fault: str) -> None:
                     f.flush()
                     if kind == "partial":
                         die()
+                    # which epoch this write carries: finished epochs may be merged into one write
+                    print(f"fault_driver: SIGTERM while writing epoch {obj['epoch']}", flush=True)
                     os.kill(os.getpid(), signal.SIGTERM)  # handled by the main thread meanwhile
                     time.sleep(0.5)
                     f.write(raw[len(raw) // 2 :])

@@ -569,7 +569,11 @@ def test_sigterm_during_a_checkpoint_write_finishes_it_says_so_and_resumes_bit_i
     assert p.stderr.count("\n") == 1 and "terminated (SIGTERM); finished epochs are saved" in p.stderr
     d = out / MODEL
     assert not list(d.glob(".*.tmp")) and not (d / ".lock").exists()
-    assert checkpoint.load(d / "last.pt")["epoch"] == 2  # the write under way when the signal came landed
+    # The write under way when the signal came landed. On a busy machine the writer can merge
+    # finished epochs, so the second write of last.pt may carry epoch 3 rather than 2.
+    written = int(p.stdout.rsplit("SIGTERM while writing epoch ", 1)[1].split()[0])
+    assert written >= 2 and checkpoint.load(d / "last.pt")["epoch"] == written, p.stdout
+    assert [r["epoch"] for r in history.read(d)] == list(range(1, written + 1))
     p = run(out, "none", "--resume")
     assert p.returncode == 0, p.stderr
     assert_same_run(d, uninterrupted)

@@ -11,6 +11,7 @@ import json
 import os
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,11 @@ def test_wandb_offline_logs_each_epoch_and_a_resume_continues_the_run(tmp_path):
         (1, 1, pytest.approx(history.read(run_dir)[0]["val_acc"]))
     ]
 
+    # wandb names an offline folder by the second it starts and the run id, which a resume keeps:
+    # a resume within the same second would share the first folder
+    started = int(time.time())
+    while int(time.time()) == started:
+        time.sleep(0.05)
     _train(cfg.replace(epochs=2), resume=True)
     folders = sorted((run_dir / "wandb").glob("offline-run-*"))
     assert len(folders) == 2  # offline, each process writes its own folder; `wandb sync` joins them by id
