@@ -32,24 +32,25 @@ def test_k_processes_train_at_once_and_the_table_adds_up(tmp_path, monkeypatch, 
 
 
 def _result(images_per_s: float, peak: float | None = None) -> BenchResult:
-    train_s = 50_000 / images_per_s
     return BenchResult(
-        "m",
-        "fast",
-        "NVIDIA H200",
-        "bf16",
-        50_000,
-        10_000,
-        2,
-        train_s,
-        1.0,
-        images_per_s,
-        0.0,
-        peak,
-        1.0,
-        None,
-        1.0,
-        50.0,
+        model="m",
+        pipeline="fast",
+        device="NVIDIA H200",
+        precision="bf16",
+        step="graphs",
+        train_images=50_000,
+        test_images=10_000,
+        epochs=2,
+        train_s_per_epoch=50_000 / images_per_s,
+        eval_s_per_epoch=1.0,
+        images_per_s=images_per_s,
+        warmup_s=0.0,
+        peak_memory_mib=peak,
+        train_tflops=1.0,
+        percent_of_peak=None,
+        peak_basis=None,
+        final_train_loss=1.0,
+        final_val_acc=50.0,
     )
 
 

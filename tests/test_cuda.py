@@ -10,12 +10,13 @@ import json
 import pytest
 import torch
 
-from archbench.bench import synthetic_cifar
+from archbench.bench import DEVICE_PEAKS, synthetic_cifar
 from archbench.config import Config, resolve
 from archbench.data.pipelines import build_pipeline
 from archbench.train.engine import Tally, evaluate, train_one_epoch
 from archbench.train.epoch_writer import host_copy
 from archbench.train.gradflow import GradFlow
+from archbench.train.graphs import GraphedTrainStep
 from archbench.train.training import build_model, build_optimizer, build_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -24,8 +25,9 @@ CUDA = torch.device("cuda")
 DATA = synthetic_cifar(200, 100)  # batch 64: three full batches and a partial one of 8
 
 
-def _train(epochs: int = 2, **options) -> tuple[list[dict], torch.nn.Module, list]:
-    cfg = resolve(Config(model="resnet18", batch_size=64, lr=0.05, device="cuda", precision="fp32", **options), "cuda")
+def _train(epochs: int = 2, model="resnet18", precision="fp32", **options) -> tuple[list[dict], torch.nn.Module, list]:
+    options.setdefault("cuda_graphs", False)  # graphs are the CUDA default: the eager step is asked for
+    cfg = resolve(Config(model=model, batch_size=64, lr=0.05, device="cuda", precision=precision, **options), "cuda")
     model = build_model(cfg, CUDA)
     opt = build_optimizer(model, cfg, CUDA)
     step, tally = build_step(model, opt, cfg, CUDA), Tally(CUDA)
@@ -84,7 +86,7 @@ def test_graphs_undo_their_warm_up_bn_statistics_and_batch_counters():
     assert counts == {4}  # four real steps; the capture's warm-up passes left no trace
 
 
-@pytest.mark.parametrize("options", [{"compile": True}, {"compile": True, "cuda_graphs": True}])
+@pytest.mark.parametrize("options", [{"compile": True, "cuda_graphs": False}, {"compile": True, "cuda_graphs": True}])
 def test_compiled_paths_train_like_eager(options):
     eager, _, _ = _train(epochs=1)
     fast, _, _ = _train(epochs=1, **options)
@@ -102,7 +104,6 @@ def test_bf16_default_trains_with_fp32_master_weights():
 def test_a_step_that_cannot_be_captured_is_one_clear_error():
     from archbench.errors import ArchbenchError
     from archbench.train.engine import TrainStep
-    from archbench.train.graphs import GraphedTrainStep
 
     model = torch.nn.Linear(4, 2).to(CUDA)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -145,5 +146,90 @@ def test_bench_on_cuda_reports_peak_fraction_and_memory(tmp_path):
     )
     rows = {r["pipeline"]: r for r in json.loads(out.read_text())["results"]}
     assert rows["fast"]["peak_memory_mib"] > 0 and rows["fast"]["speedup"] > 1
-    if any(k in torch.cuda.get_device_name() for k in ("H100", "H200", "A100")):
+    assert rows["fast"]["step"] == rows["reference"]["step"] == "graphs"  # the CUDA default
+    if torch.cuda.get_device_name() in DEVICE_PEAKS:
         assert 0 < rows["fast"]["percent_of_peak"] < 100
+        assert rows["fast"]["peak_basis"].endswith("bf16 tensor cores, dense")
+
+
+def test_graphs_are_the_cuda_default_with_a_fallback():
+    cfg = resolve(Config(model="resnet18", device="cuda"), "cuda")
+    model = build_model(cfg, CUDA)
+    step = build_step(model, build_optimizer(model, cfg, CUDA), cfg, CUDA)
+    assert isinstance(step, GraphedTrainStep) and step.on_capture_failure is not None
+
+
+def test_graphed_bf16_with_dropout_trains_like_eager_and_draws_new_masks_each_step():
+    eager, _, _ = _train(epochs=1, model="vgg19_bn", precision="bf16")
+    graphed, _, _ = _train(epochs=1, model="vgg19_bn", precision="bf16", cuda_graphs=True)
+    assert graphed[0]["train_loss"] == pytest.approx(eager[0]["train_loss"], rel=3e-2)  # other dropout masks
+    cfg = resolve(Config(model="vgg19_bn", batch_size=64, lr=1e-30, weight_decay=0.0, device="cuda"), "cuda")
+    model = build_model(cfg, CUDA)
+    step, tally = build_step(model, build_optimizer(model, cfg, CUDA), cfg, CUDA), Tally(CUDA)
+    x, y = next(build_pipeline("fast", DATA, 64, 0, CUDA).train_batches(0))
+    losses = []
+    for _ in range(3):  # the same batch, weights all but unchanged: only dropout differs between steps
+        tally.reset()
+        step(x, y, tally)
+        losses.append(float(tally.loss_sum))
+    assert isinstance(step, GraphedTrainStep) and len(set(losses)) == 3, losses
+
+
+def test_evaluation_reads_the_host_a_fixed_number_of_times():
+    import warnings
+
+    cfg = resolve(Config(model="resnet18", device="cuda"), "cuda")
+    model = build_model(cfg, CUDA)
+
+    def syncs(n_batches: int) -> int:
+        data = [(torch.randn(16, 3, 32, 32, device=CUDA), torch.randint(0, 10, (16,), device=CUDA))] * n_batches
+        exact = torch.ones(16 * n_batches, dtype=torch.bool, device=CUDA)
+        evaluate(model, data, CUDA, exact, cfg.precision)  # cuDNN's algorithm search, outside the count
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                evaluate(model, data, CUDA, exact, cfg.precision, keep_outputs=True)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in seen)
+
+    assert syncs(2) == syncs(6) > 0
+
+
+def test_a_run_resumed_under_graphs_continues_like_an_uninterrupted_one(tmp_path):
+    from archbench.train import history
+    from archbench.train.runner import Run
+
+    base = Config(model="resnet18", epochs=2, milestones=(1,), batch_size=64, device="cuda", quiet=True)
+    Run(base, tmp_path / "straight").train(lambda: DATA)
+    Run(base.replace(epochs=1), tmp_path / "resumed").train(lambda: DATA)
+    Run(base, tmp_path / "resumed").train(lambda: DATA, resume=True)
+    straight, resumed = history.read(tmp_path / "straight"), history.read(tmp_path / "resumed")
+    assert [r["epoch"] for r in resumed] == [1, 2]
+    for a, b in zip(straight, resumed, strict=True):  # cuDNN may time its way to other algorithms
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-2)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-2)
+
+
+def test_a_step_that_cannot_be_captured_trains_eagerly_by_default():
+    from archbench.train.engine import TrainStep
+
+    model = torch.nn.Linear(4, 2).to(CUDA)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    before = model.weight.detach().clone()
+
+    def syncing(x):
+        return model(x) * float(x.sum())  # reads a value back to the host: not capturable
+
+    said = []
+    step, tally = (
+        GraphedTrainStep(TrainStep(model, opt, CUDA, "fp32", syncing), on_capture_failure=said.append),
+        Tally(CUDA),
+    )
+    for _ in range(3):
+        step(torch.randn(8, 4, device=CUDA), torch.randint(0, 2, (8,), device=CUDA), tally)
+    assert len(said) == 1 and said[0].startswith("capturing the training step as a CUDA graph failed")
+    assert step.mode == "eager" and int(tally.step) == 3 and tally.images == 24
+    assert not torch.equal(model.weight, before)

@@ -4,10 +4,11 @@ A CUDA graph records a step's kernels without running them and replays them on t
 tensors it recorded. ``HostGraphs`` does the same with host code: its capture runs the
 step and then puts back every tensor the step changed (a capture runs nothing), and its
 replay runs the step again, writing the gradients into the tensors that graph owns.
-With it the rest of ``GraphedTrainStep`` — warm-up undone, momentum buffers made
-beforehand, one graph per batch shape, a new capture when the learning rate changes,
-the tally it writes into, the gradients ``grads_of`` returns — runs on CPU and must
-train bit for bit like the eager step. tests/test_cuda.py checks the real graphs.
+With it the rest of ``GraphedTrainStep`` — whole-step warm-up undone, momentum buffers
+made beforehand, one graph per batch shape, a new capture when the learning rate changes,
+the tally it writes into, the gradients ``grads_of`` returns, the eager step taking over
+after a failed capture — runs on CPU and must train bit for bit like the eager step, for
+every registered model. tests/test_cuda.py checks the real graphs.
 """
 
 from contextlib import nullcontext
@@ -18,9 +19,11 @@ import torch
 import tiny_model
 from archbench.config import Config, resolve
 from archbench.data.pipelines import build_pipeline
+from archbench.errors import ArchbenchError
+from archbench.models.registry import MODELS
 from archbench.train.engine import Tally, TrainStep, train_one_epoch
 from archbench.train.gradflow import GradFlow
-from archbench.train.graphs import CudaGraphs, GraphedTrainStep
+from archbench.train.graphs import WARMUP_STEPS, CudaGraphs, GraphedTrainStep, _ensure_momentum_buffers
 from archbench.train.training import build_model, build_optimizer
 from conftest import synthetic
 
@@ -70,23 +73,25 @@ class HostGraphs(CudaGraphs):
         return replay
 
 
-def _train(model_name: str, graphed: bool):
-    cfg = resolve(Config(model=model_name, batch_size=16, lr=0.05, device="cpu"), "cpu")
+def _train(model_name: str, graphed: bool, precision="fp32", epochs=3, images=40, batch=16, capture_fails=False):
+    """``epochs`` epochs at a learning rate that drops for the last one; graphed on ``HostGraphs``."""
+    cfg = resolve(Config(model=model_name, batch_size=batch, lr=0.05, device="cpu", precision=precision), "cpu")
     model = build_model(cfg, CPU)
     opt = build_optimizer(model, cfg, CPU)
     tally = Tally(CPU)
     step = TrainStep(model, opt, CPU, cfg.precision)
+    warnings = []
     if graphed:
-        host = HostGraphs(model, opt, tally)
-        step = GraphedTrainStep(step, host)
-    pipe = build_pipeline("fast", synthetic(40, 8), cfg.batch_size, cfg.seed, CPU)  # batches 16, 16, 8
+        host = (FailingHostGraphs if capture_fails else HostGraphs)(model, opt, tally)
+        step = GraphedTrainStep(step, host, on_capture_failure=warnings.append if capture_fails else None)
+    pipe = build_pipeline("fast", synthetic(images, 8), cfg.batch_size, cfg.seed, CPU)
     grads = GradFlow(model, 3, 3)
     torch.manual_seed(1)  # dropout's draws
-    epochs, norms = [], []
-    for epoch in range(3):
+    results, norms = [], []
+    for epoch in range(epochs):
         for g in opt.param_groups:
-            g["lr"] = 0.05 if epoch < 2 else 0.005
-        epochs.append(
+            g["lr"] = 0.05 if epoch < epochs - 1 else 0.005
+        results.append(
             train_one_epoch(
                 model,
                 pipe.train_batches(epoch),
@@ -97,25 +102,91 @@ def _train(model_name: str, graphed: bool):
             )
         )
         norms += grads.take(epoch + 1)
-    return model, opt, epochs, norms, (host.captures if graphed else None)
+    return model, opt, results, norms, (host.captures if graphed else None), warnings
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("model_name", ["resnet18", tiny_model.NAME])  # tiny: dropout draws too
-def test_graphed_step_trains_bit_for_bit_like_the_eager_step(model_name, monkeypatch):
-    from archbench.models.registry import MODELS
+class FailingHostGraphs(HostGraphs):
+    def capture(self, body):
+        self.captures += 1
+        raise RuntimeError("operation not permitted when stream is capturing\nsecond line")
 
-    monkeypatch.setitem(MODELS, tiny_model.NAME, tiny_model.SPEC)
-    model_e, opt_e, epochs_e, norms_e, _ = _train(model_name, graphed=False)
-    model_g, opt_g, epochs_g, norms_g, captures = _train(model_name, graphed=True)
-    assert captures == 4  # full and partial batch, at each of the two learning rates
-    for e, g in zip(epochs_e, epochs_g):
+
+def _assert_same_training(eager, graphed, steps_recorded):
+    model_e, opt_e, epochs_e, norms_e = eager[:4]
+    model_g, opt_g, epochs_g, norms_g = graphed[:4]
+    for e, g in zip(epochs_e, epochs_g, strict=True):
         assert (e["loss"], e["acc"], e["images"]) == (g["loss"], g["acc"], g["images"])
     for (name, a), b in zip(model_e.state_dict().items(), model_g.state_dict().values()):
         assert torch.equal(a, b), name  # includes BN statistics and batch counters
     for p_e, p_g in zip(model_e.parameters(), model_g.parameters()):
         assert torch.equal(opt_e.state[p_e]["momentum_buffer"], opt_g.state[p_g]["momentum_buffer"])
-    assert norms_e == norms_g and len(norms_g) == 9  # the gradients of the graph that just ran
+    assert norms_e == norms_g and len(norms_g) == steps_recorded  # the gradients of the graph that just ran
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_graphed_step_trains_bit_for_bit_like_the_eager_step(precision, monkeypatch):
+    """Three epochs with dropout (the tiny model), gradient norms read between steps."""
+    monkeypatch.setitem(MODELS, tiny_model.NAME, tiny_model.SPEC)
+    eager = _train(tiny_model.NAME, graphed=False, precision=precision)
+    graphed = _train(tiny_model.NAME, graphed=True, precision=precision)
+    assert graphed[4] == 4  # full and partial batch, at each of the two learning rates
+    _assert_same_training(eager, graphed, 9)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_every_registered_model_trains_alike_graphed_and_eager(model_name):
+    """Two short epochs (a full and a partial batch each, the learning rate changing between them)."""
+    eager = _train(model_name, graphed=False, epochs=2, images=6, batch=4)
+    graphed = _train(model_name, graphed=True, epochs=2, images=6, batch=4)
+    assert graphed[4] == 4
+    _assert_same_training(eager, graphed, 4)
+
+
+def test_a_step_that_cannot_be_captured_trains_eagerly_after_one_warning(monkeypatch):
+    """Graphs by default: the run goes on, exactly as an eager run would."""
+    monkeypatch.setitem(MODELS, tiny_model.NAME, tiny_model.SPEC)
+    eager = _train(tiny_model.NAME, graphed=False)
+    fell_back = _train(tiny_model.NAME, graphed=True, capture_fails=True)
+    assert fell_back[4] == 1, "after one failed capture no other is tried"
+    assert fell_back[5] == [
+        "capturing the training step as a CUDA graph failed (operation not permitted when stream is capturing)"
+    ]
+    _assert_same_training(eager, fell_back, 9)  # the warm-up before the failed capture left no trace
+
+
+def test_a_step_that_cannot_be_captured_is_an_error_when_graphs_were_asked_for(monkeypatch):
+    monkeypatch.setitem(MODELS, tiny_model.NAME, tiny_model.SPEC)
+    cfg = resolve(Config(model=tiny_model.NAME, batch_size=8, device="cpu"), "cpu")
+    model = build_model(cfg, CPU)
+    opt = build_optimizer(model, cfg, CPU)
+    tally = Tally(CPU)
+    step = GraphedTrainStep(TrainStep(model, opt, CPU), FailingHostGraphs(model, opt, tally))
+    with pytest.raises(
+        ArchbenchError, match=r"^capturing .* failed \(operation not permitted .*\); run without --cuda-graphs$"
+    ):
+        step(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)), tally)
+
+
+def test_the_warm_up_runs_whole_steps_then_undoes_them(monkeypatch):
+    """The optimizer update and the tally run before capture too, so their kernels and buffers exist."""
+    cfg = resolve(Config(model="resnet18", batch_size=4, device="cpu"), "cpu")
+    model = build_model(cfg, CPU)
+    opt = build_optimizer(model, cfg, CPU)
+    tally = Tally(CPU)
+    host = HostGraphs(model, opt, tally)
+    calls = []
+    real_step = opt.step
+    monkeypatch.setattr(opt, "step", lambda *a, **k: (calls.append(int(tally.step)), real_step(*a, **k))[1])
+    _ensure_momentum_buffers(opt)  # as the graphed step does first, so that they are in the state compared
+    before = [t.clone() for t in host._state()]
+    captured = []
+    monkeypatch.setattr(
+        host, "capture", lambda body: captured.append([t.clone() for t in host._state()]) or (lambda: None)
+    )
+    GraphedTrainStep(TrainStep(model, opt, CPU), host)(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), tally)
+    assert calls == list(range(WARMUP_STEPS)), "each warm-up step updates the weights and counts in the tally"
+    assert len(captured) == 1 and all(torch.equal(a, b) for a, b in zip(before, captured[0], strict=True))
 
 
 def test_a_new_tally_gets_new_graphs():

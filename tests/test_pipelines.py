@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from archbench.data.datasets import CIFAR10
-from archbench.data.pipelines import FastPipeline, ReferencePipeline, build_pipeline, epoch_seed
+from archbench.data.pipelines import FastPipeline, InputFormat, ReferencePipeline, build_pipeline, epoch_seed
 from conftest import synthetic
 
 N_IMAGES, BATCH = 40, 16  # 40 = 2 full batches + a partial one of 8
@@ -122,3 +122,31 @@ def test_reference_pipeline_uses_a_dataloader_with_the_study_transforms(data):
     a = torch.cat([x for x, _ in pipe.train_batches(3)])
     b = torch.cat([x for x, _ in pipe.train_batches(3)])
     assert torch.equal(a, b)
+
+
+def test_fast_batches_come_in_the_models_format_with_the_numbers_autocast_would_give(data, monkeypatch):
+    """bf16 channels-last batches are the fp32 ones cast as autocast casts them, however the epoch is built."""
+    from archbench.data import pipelines
+
+    cpu = torch.device("cpu")
+    plain = FastPipeline(data, BATCH, 0, cpu)
+    bf16 = FastPipeline(data, BATCH, 0, cpu, InputFormat(torch.bfloat16, channels_last=True))
+    monkeypatch.setattr(pipelines, "BUILD_CHUNK", 7)  # chunks that straddle batches
+    chunked = FastPipeline(data, BATCH, 0, cpu)
+    for name in ("train", "test"):
+        got = {
+            k: list(p.train_batches(2) if name == "train" else p.test_batches())
+            for k, p in (("plain", plain), ("bf16", bf16), ("chunked", chunked))
+        }
+        for (x, y), (xb, yb), (xc, yc) in zip(got["plain"], got["bf16"], got["chunked"], strict=True):
+            assert x.dtype == torch.float32 and xb.dtype == torch.bfloat16
+            assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()
+            assert torch.equal(xb, x.to(torch.bfloat16)) and torch.equal(xc, x), name
+            assert torch.equal(y, yb) and torch.equal(y, yc)
+
+
+def test_fast_test_images_are_normalised_once(data):
+    pipe = _pipeline("fast", data)
+    first = [x for x, _ in pipe.test_batches()]
+    again = [x for x, _ in pipe.test_batches()]
+    assert [x.data_ptr() for x in first] == [x.data_ptr() for x in again]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,14 +26,45 @@ from archbench.data.pipelines import build_pipeline
 from archbench.data.sources import CifarData
 from archbench.io_utils import atomic_write_text
 from archbench.train.engine import Tally, evaluate, train_one_epoch
-from archbench.train.training import build_model, build_optimizer, build_step, check_device_options, resolve_device
+from archbench.train.training import (
+    build_model,
+    build_optimizer,
+    build_step,
+    check_device_options,
+    input_format,
+    resolve_device,
+    step_mode,
+)
 
-# Dense spec-sheet peaks in TFLOP/s: bf16 tensor cores, and TF32 (cuDNN runs fp32 convs as TF32).
+
+@dataclass(frozen=True)
+class Peak:
+    """One GPU's dense spec-sheet TFLOP/s (NVIDIA's data sheets list twice these, "with sparsity")."""
+
+    bf16: float  # bf16 tensor cores
+    tf32: float  # TF32 tensor cores: what cuDNN runs fp32 convolutions on while cudnn.allow_tf32 is set
+    fp32: float  # fp32 without tensor cores
+
+
+_H100_SXM = Peak(bf16=989.4, tf32=494.7, fp32=66.9)  # H200 and GH200: the same compute
+_H100_PCIE = Peak(bf16=756.5, tf32=378.0, fp32=51.2)
+_HOPPER_NVL = Peak(bf16=835.5, tf32=417.5, fp32=60.0)  # H100 NVL and H200 NVL
+_A100 = Peak(bf16=312.0, tf32=156.0, fp32=19.5)  # SXM4 and PCIe, 40 and 80 GB
+# Keyed by the full name torch.cuda.get_device_name reports: a PCIe or NVL card must not be
+# credited with an SXM part's peak because its name contains "H100".
 DEVICE_PEAKS = {
-    "H200": {"bf16": 989.0, "fp32": 494.7},
-    "H100": {"bf16": 989.0, "fp32": 494.7},
-    "A100": {"bf16": 312.0, "fp32": 156.0},
+    "NVIDIA H100 80GB HBM3": _H100_SXM,
+    "NVIDIA H100 PCIe": _H100_PCIE,
+    "NVIDIA H100 NVL": _HOPPER_NVL,
+    "NVIDIA H200": _H100_SXM,
+    "NVIDIA H200 NVL": _HOPPER_NVL,
+    "NVIDIA GH200 480GB": _H100_SXM,
+    "NVIDIA A100-SXM4-80GB": _A100,
+    "NVIDIA A100-SXM4-40GB": _A100,
+    "NVIDIA A100-PCIE-40GB": _A100,
+    "NVIDIA A100 80GB PCIe": _A100,
 }
+STEP_MODES = ("eager", "graphs", "compile", "compile+graphs")
 
 
 @dataclass
@@ -41,6 +73,7 @@ class BenchResult:
     pipeline: str
     device: str
     precision: str
+    step: str  # eager, graphs, compile or compile+graphs: what ran the timed steps
     train_images: int
     test_images: int
     epochs: int
@@ -51,6 +84,7 @@ class BenchResult:
     peak_memory_mib: float | None
     train_tflops: float
     percent_of_peak: float | None
+    peak_basis: str | None  # which spec-sheet peak percent_of_peak is of
     final_train_loss: float
     final_val_acc: float
     speedup: float | None = None  # reference epoch time / this epoch time (fast rows)
@@ -86,14 +120,25 @@ def train_flops_per_image(cfg: Config, device: torch.device) -> float:
     return counter.get_total_flops() / cfg.batch_size
 
 
-def device_peak(device: torch.device, precision: str) -> float | None:
-    if device.type != "cuda":
+def device_peak(device_name: str, precision: str, tf32_convolutions: bool) -> tuple[float, str] | None:
+    """The dense spec-sheet peak a run in ``precision`` can reach on ``device_name``, and its label;
+    None for a device not in ``DEVICE_PEAKS``."""
+    peak = DEVICE_PEAKS.get(device_name)
+    if peak is None:
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((p[precision] for key, p in DEVICE_PEAKS.items() if key in name), None)
+    if precision == "bf16":
+        return peak.bf16, f"{peak.bf16:g} TFLOP/s: bf16 tensor cores, dense"
+    if tf32_convolutions:
+        return peak.tf32, f"{peak.tf32:g} TFLOP/s: TF32 tensor cores, dense (cuDNN runs fp32 convolutions as TF32)"
+    return peak.fp32, f"{peak.fp32:g} TFLOP/s: fp32 without tensor cores"
 
 
-def bench_one(cfg: Config, data: CifarData, epochs: int) -> BenchResult:
+def step_config(cfg: Config, mode: str) -> Config:
+    """``cfg`` with the training step ``mode`` (one of ``STEP_MODES``) asked for outright."""
+    return cfg.replace(compile=mode.startswith("compile"), cuda_graphs=mode.endswith("graphs"))
+
+
+def bench_one(cfg: Config, data: CifarData, epochs: int, warn: Callable[[str], None] = print) -> BenchResult:
     device = resolve_device(cfg.device)
     cfg = resolve(cfg, device.type)
     check_device_options(cfg, device)
@@ -102,8 +147,9 @@ def bench_one(cfg: Config, data: CifarData, epochs: int) -> BenchResult:
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(cfg, device)
     opt = build_optimizer(model, cfg, device)
-    step, tally = build_step(model, opt, cfg, device), Tally(device)
-    pipe = build_pipeline(cfg.pipeline, data, cfg.batch_size, cfg.seed, device, cfg.workers)
+    step, tally = build_step(model, opt, cfg, device, warn=warn), Tally(device)
+    fmt = input_format(cfg, device)
+    pipe = build_pipeline(cfg.pipeline, data, cfg.batch_size, cfg.seed, device, cfg.workers, fmt)
     train_s, eval_s = [], []
     for epoch in range(epochs + 1):
         tr = train_one_epoch(model, pipe.train_batches(epoch), step, device, tally)
@@ -112,12 +158,14 @@ def bench_one(cfg: Config, data: CifarData, epochs: int) -> BenchResult:
         eval_s.append(ev["seconds"])
     t_train, t_eval = statistics.mean(train_s[1:]), statistics.mean(eval_s[1:])
     tflops = flops * pipe.train_size / t_train / 1e12
-    peak = device_peak(device, cfg.precision)
+    name = _device_name(device)
+    peak = device_peak(name, cfg.precision, torch.backends.cudnn.allow_tf32) if device.type == "cuda" else None
     return BenchResult(
         model=cfg.model,
         pipeline=cfg.pipeline,
-        device=_device_name(device),
+        device=name,
         precision=cfg.precision,
+        step=step_mode(step, cfg),
         train_images=pipe.train_size,
         test_images=pipe.test_size,
         epochs=epochs,
@@ -127,7 +175,8 @@ def bench_one(cfg: Config, data: CifarData, epochs: int) -> BenchResult:
         warmup_s=max(0.0, train_s[0] + eval_s[0] - t_train - t_eval),
         peak_memory_mib=torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         train_tflops=tflops,
-        percent_of_peak=100 * tflops / peak if peak else None,
+        percent_of_peak=100 * tflops / peak[0] if peak else None,
+        peak_basis=peak[1] if peak else None,
         final_train_loss=tr["loss"],
         final_val_acc=ev["acc"],
     )
@@ -138,17 +187,27 @@ def _device_name(device: torch.device) -> str:
 
 
 def add_speedups(results: list[BenchResult]) -> None:
-    ref = {r.model: r.train_s_per_epoch + r.eval_s_per_epoch for r in results if r.pipeline == "reference"}
+    """Each non-reference row's speed-up over the reference pipeline's row of the same model (and
+    step, when the reference was timed with several)."""
+    ref: dict[tuple[str, str | None], float] = {}
     for r in results:
-        if r.pipeline != "reference" and r.model in ref:
-            r.speedup = ref[r.model] / (r.train_s_per_epoch + r.eval_s_per_epoch)
+        if r.pipeline == "reference":
+            seconds = r.train_s_per_epoch + r.eval_s_per_epoch
+            ref[r.model, r.step] = seconds
+            ref.setdefault((r.model, None), seconds)
+    for r in results:
+        base = ref.get((r.model, r.step), ref.get((r.model, None)))
+        if r.pipeline != "reference" and base is not None:
+            r.speedup = base / (r.train_s_per_epoch + r.eval_s_per_epoch)
 
 
 def table(results: list[BenchResult]) -> str:
+    """The rows as an aligned text table, then what each "% peak" is a percentage of."""
     head = (
         "model",
         "pipeline",
         "precision",
+        "step",
         "train s/ep",
         "eval s/ep",
         "img/s",
@@ -165,6 +224,7 @@ def table(results: list[BenchResult]) -> str:
                 r.model,
                 r.pipeline,
                 r.precision,
+                r.step,
                 f"{r.train_s_per_epoch:.3f}",
                 f"{r.eval_s_per_epoch:.3f}",
                 f"{r.images_per_s:,.0f}",
@@ -177,10 +237,25 @@ def table(results: list[BenchResult]) -> str:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = [
-        "  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
+        "  ".join(c.rjust(w) if i > 3 else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join(lines + peak_notes(results))
+
+
+def peak_notes(results: list[BenchResult]) -> list[str]:
+    """What "% peak" is of, per device and precision; or that a GPU's peak is not on record."""
+    notes = []
+    for r in results:
+        if r.peak_basis is not None:
+            note = f"% peak ({r.precision}): of the {r.device}'s {r.peak_basis}"
+        elif r.device in ("cpu", "mps"):
+            continue
+        else:
+            note = f"% peak: no spec-sheet peak on record for {r.device!r} (archbench.bench.DEVICE_PEAKS)"
+        if note not in notes:
+            notes.append(note)
+    return notes
 
 
 def write_json(results: list, path: Path, meta: dict, key: str = "results") -> None:

@@ -81,7 +81,18 @@ def _training_flags() -> argparse.ArgumentParser:
     r = p.add_argument_group("where and how")
     r.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), help="default auto")
     r.add_argument("--compile", action="store_true", help="torch.compile the training forward pass")
-    r.add_argument("--cuda-graphs", action="store_true", help="replay training steps from CUDA graphs")
+    r.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="require CUDA graphs: a step that cannot be captured is an error (default on CUDA: graphs, "
+        "falling back to eager steps with a warning)",
+    )
+    r.add_argument(
+        "--no-cuda-graphs",
+        dest="cuda_graphs",
+        action="store_false",
+        help="eager training steps, no CUDA graphs",
+    )
     r.add_argument("--tensorboard", action="store_true", help="also log per-epoch scalars for TensorBoard")
     r.add_argument(
         "--mlflow",
@@ -168,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"models to time, each {MODEL_FORMS} (default: {' '.join(DEFAULT_COMPARE)})",
     )
     p.add_argument("--pipelines", default="fast,reference", help="comma-separated (default fast,reference)")
+    p.add_argument(
+        "--steps",
+        metavar="MODE,...",
+        help="time each of these training steps: eager, graphs, compile, compile+graphs, comma-separated "
+        "(default: the one a run would use: CUDA graphs on CUDA, eager elsewhere)",
+    )
     p.add_argument(
         "--synthetic",
         action="store_true",
@@ -349,6 +366,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "model",
         "models",
         "pipelines",
+        "steps",
         "synthetic",
         "json",
         "concurrent",
@@ -624,7 +642,7 @@ BENCH_CPU_SUBSET = 256
 def cmd_bench(args) -> int:
     import torch
 
-    from archbench.bench import add_speedups, bench_one, synthetic_cifar, table, write_json
+    from archbench.bench import STEP_MODES, add_speedups, bench_one, step_config, synthetic_cifar, table, write_json
     from archbench.config import PIPELINES
     from archbench.train.model_record import checked_model
     from archbench.train.training import resolve_device
@@ -634,10 +652,10 @@ def cmd_bench(args) -> int:
     for m in model_cfgs:
         checked_model(m)  # a broken model fails in one line before minutes of timing
     device = resolve_device(cfg.device)
-    pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
-    bad = [p for p in pipelines if p not in PIPELINES]
-    if bad or not pipelines:
-        raise ArchbenchError(f"--pipelines {args.pipelines!r}: allowed values are {', '.join(PIPELINES)}")
+    pipelines = _listed("--pipelines", args.pipelines, PIPELINES)
+    steps = _listed("--steps", args.steps, STEP_MODES) if args.steps else [None]
+    if device.type != "cuda" and any(s and s.endswith("graphs") for s in steps):
+        raise ArchbenchError(f"--steps {args.steps!r}: CUDA graphs need a CUDA device, but the bench runs on {device}")
     if args.json:
         check_writable(args.json)  # before minutes of timing, not after
     epochs = getattr(args, "epochs", BENCH_EPOCHS["cuda" if device.type == "cuda" else "other"])
@@ -660,11 +678,13 @@ def cmd_bench(args) -> int:
     results = []
     for m in model_cfgs:
         for pipeline in pipelines:
-            results.append(bench_one(_same_protocol(m, cfg).replace(pipeline=pipeline), data, epochs))
-            log(
-                f"  {m.model} {pipeline}: {results[-1].train_s_per_epoch:.3f} s/epoch train, "
-                f"{results[-1].eval_s_per_epoch:.3f} s/epoch eval"
-            )
+            for mode in steps:
+                run_cfg = _same_protocol(m, cfg).replace(pipeline=pipeline)
+                results.append(bench_one(run_cfg if mode is None else step_config(run_cfg, mode), data, epochs, log))
+                log(
+                    f"  {m.model} {pipeline} {results[-1].step}: {results[-1].train_s_per_epoch:.3f} s/epoch train, "
+                    f"{results[-1].eval_s_per_epoch:.3f} s/epoch eval"
+                )
     add_speedups(results)
     log("\n" + table(results))
     if args.json:
@@ -675,6 +695,14 @@ def cmd_bench(args) -> int:
         )
         log(f"\nWrote {args.json}")
     return 0
+
+
+def _listed(flag: str, text: str, allowed: tuple[str, ...]) -> list[str]:
+    """The comma-separated values of ``flag``, each one of ``allowed``."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or any(v not in allowed for v in values):
+        raise ArchbenchError(f"{flag} {text!r}: allowed values are {', '.join(allowed)}")
+    return values
 
 
 def _same_protocol(model_cfg: Config, cfg: Config) -> Config:

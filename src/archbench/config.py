@@ -51,7 +51,9 @@ class Config:
     # Where and how: these do not change the numbers a run produces.
     device: str = "auto"
     compile: bool = False  # torch.compile the training forward pass
-    cuda_graphs: bool = False  # replay training steps from captured CUDA graphs
+    # Replay training steps from captured CUDA graphs. None (auto): on CUDA, falling back to the
+    # eager step with a warning if the step cannot be captured; True: required; False: never.
+    cuda_graphs: bool | None = None
     tensorboard: bool = False  # also log per-epoch scalars to RUN_DIR/tensorboard
     mlflow: str | None = None  # also log to MLflow: a tracking URI, or "default" (a file store at OUT/mlruns)
     wandb: bool = False  # also log to Weights & Biases (WANDB_MODE=offline: files under RUN_DIR/wandb only)
@@ -171,8 +173,14 @@ def validate(cfg: Config) -> Config:
         f"a tracking URI, {MLFLOW_DEFAULT_STORE!r} (a file store at OUT/mlruns), or unset",
         cfg.mlflow,
     )
-    for name in ("download", "offline", "verify_data", "quiet", "compile", "cuda_graphs", "tensorboard", "wandb"):
+    for name in ("download", "offline", "verify_data", "quiet", "compile", "tensorboard", "wandb"):
         _require(isinstance(getattr(cfg, name), bool), name, "true or false", getattr(cfg, name))
+    _require(
+        cfg.cuda_graphs is None or isinstance(cfg.cuda_graphs, bool),
+        "cuda_graphs",
+        "true, false, or unset (on CUDA where the step can be captured)",
+        cfg.cuda_graphs,
+    )
     return cfg
 
 

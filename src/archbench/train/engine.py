@@ -49,6 +49,9 @@ class Tally:
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
         self.images = 0  # host-side: batch sizes are known without a sync
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.loss_sum, self.correct, self.step, self.first_bad]
+
     def reset(self) -> None:
         for t in (self.loss_sum, self.correct, self.step):
             t.zero_()

@@ -40,7 +40,9 @@ from archbench.train.training import (
     build_optimizer,
     build_step,
     check_device_options,
+    input_format,
     resolve_device,
+    step_options,
 )
 
 CONFIG_NAME = "config.json"
@@ -229,15 +231,17 @@ class Run:
         write_model_record(self.run_dir, self.model_spec)
         if state.epoch:
             self.log(f"[{cfg.model}] resuming {self.run_dir} after epoch {state.epoch}")
-        pipe = build_pipeline(cfg.pipeline, data, cfg.batch_size, cfg.seed, self.device, cfg.workers)
+        fmt = input_format(cfg, self.device)
+        pipe = build_pipeline(cfg.pipeline, data, cfg.batch_size, cfg.seed, self.device, cfg.workers, fmt)
         exact = exact_mask(data, self.device)
-        step, tally = build_step(model, opt, cfg, self.device), Tally(self.device)
+        step, tally = build_step(model, opt, cfg, self.device, warn=self.log), Tally(self.device)
         grads = GradFlow(model, num_batches(pipe.train_size, cfg.batch_size), cfg.grad_norms_per_epoch)
         trackers = open_trackers(cfg, self.run_dir, state.records)
         if state.epoch == 0:
             self.log(
                 f"[{cfg.model}] {count_parameters(model):,} parameters | {pipe.train_size} train / "
-                f"{pipe.test_size} test images | {cfg.pipeline} pipeline, {cfg.precision} on {self.device} | "
+                f"{pipe.test_size} test images | {cfg.pipeline} pipeline, {cfg.precision} on {self.device}"
+                f"{step_options(cfg, self.device)} | "
                 f"out {self.run_dir}"
             )
         writer = EpochWriter(self.run_dir, grads.names)

@@ -6,6 +6,7 @@ so both train exactly the same way.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import torch
@@ -13,6 +14,7 @@ import torch.nn as nn
 
 from archbench.config import Config
 from archbench.data.datasets import get as get_dataset
+from archbench.data.pipelines import InputFormat
 from archbench.errors import ArchbenchError
 from archbench.models.specs import resolve as resolve_model
 
@@ -32,7 +34,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def check_device_options(cfg: Config, device: torch.device) -> None:
-    if cfg.cuda_graphs and device.type != "cuda":
+    if cfg.cuda_graphs is True and device.type != "cuda":
         raise ArchbenchError(
             f"--cuda-graphs needs a CUDA device, but the run is on {device.type}; "
             f"drop --cuda-graphs or use --device cuda"
@@ -42,6 +44,11 @@ def check_device_options(cfg: Config, device: torch.device) -> None:
 def channels_last(device: torch.device) -> bool:
     """NHWC activations feed cuDNN's tensor-core convolutions; elsewhere they do not pay."""
     return device.type == "cuda"
+
+
+def input_format(cfg: Config, device: torch.device) -> InputFormat:
+    """What the fast pipeline hands the model: bf16 batches under bf16 autocast, NHWC on CUDA."""
+    return InputFormat(torch.bfloat16 if cfg.precision == "bf16" else torch.float32, channels_last(device))
 
 
 def build_model(cfg: Config, device: torch.device) -> nn.Module:
@@ -84,14 +91,53 @@ def use_fastest_convolutions(device: torch.device) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def build_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: Config, device: torch.device) -> Callable:
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def uses_cuda_graphs(cfg: Config, device: torch.device) -> bool:
+    """Graphs unless turned off: on CUDA a step is one launch instead of hundreds."""
+    return cfg.cuda_graphs is True or (cfg.cuda_graphs is None and device.type == "cuda")
+
+
+def build_step(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    cfg: Config,
+    device: torch.device,
+    warn: Callable[[str], None] = _to_stderr,
+) -> Callable:
+    """The training step ``cfg`` asks for on ``device``.
+
+    With graphs by default (``cuda_graphs`` unset), a step that cannot be captured is
+    trained eagerly after ``warn`` gets one line saying so; asked for, it is an error.
+    """
     from archbench.train.engine import TrainStep
 
     use_fastest_convolutions(device)
-    forward = torch.compile(model) if cfg.compile else None
+    # One graph per batch shape, like the CUDA graphs: a guessed dynamic shape at the last
+    # partial batch would recompile the model into slower, shape-generic kernels.
+    forward = torch.compile(model, dynamic=False) if cfg.compile else None
     step = TrainStep(model, opt, device, cfg.precision, forward)
-    if cfg.cuda_graphs:
-        from archbench.train.graphs import GraphedTrainStep
+    if not uses_cuda_graphs(cfg, device):
+        return step
+    from archbench.train.graphs import GraphedTrainStep
 
+    if cfg.cuda_graphs is True:
         return GraphedTrainStep(step)
-    return step
+
+    def fell_back(reason: str) -> None:
+        warn(f"[{cfg.model}] warning: {reason}; training without CUDA graphs (--no-cuda-graphs skips the attempt)")
+
+    return GraphedTrainStep(step, on_capture_failure=fell_back)
+
+
+def step_mode(step: Callable, cfg: Config) -> str:
+    """How ``step`` runs: eager, graphs, compile or compile+graphs (after a failed capture: eager)."""
+    mode = getattr(step, "mode", "eager")
+    return f"compile+{mode}" if cfg.compile and mode == "graphs" else ("compile" if cfg.compile else mode)
+
+
+def step_options(cfg: Config, device: torch.device) -> str:
+    """The speed options a run starts with, for its first log line (``, compiled, CUDA graphs``)."""
+    return (", compiled" if cfg.compile else "") + (", CUDA graphs" if uses_cuda_graphs(cfg, device) else "")
