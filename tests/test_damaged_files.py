@@ -205,7 +205,7 @@ HARMLESS_NULLS = {  # (file, field): what null means there
     "comparison.json:environment.test images": "the count was not recorded; the row is left out",
     **{
         f"exp.yaml:{k}": "null leaves the setting unset, as its default does"
-        for k in ("lr", "train_subset", "test_subset", "val_split", "data_dir", "mlflow")
+        for k in ("lr", "train_subset", "test_subset", "val_split", "data_dir", "mlflow", "cuda_graphs")
     },
 }
 MISSING_HOW = (
@@ -233,6 +233,9 @@ OTHER_HARMLESS = {
     f"{FINISHED}/config.json:string mlflow": "any text is an MLflow tracking URI, and where a run was tracked "
     "does not change its numbers",
     f"{DIVERGED}/divergence.json:string config.mlflow": "any text is an MLflow tracking URI (as in config.json)",
+    f"{FINISHED}/config.json:bool cuda_graphs": "true asks for CUDA graphs, a 'where and how' setting the readers "
+    "do not use",
+    f"{DIVERGED}/divergence.json:bool config.cuda_graphs": "true asks for CUDA graphs (as in config.json)",
     f"{FINISHED}/model.json:deleted": "runs made before model.json have none; a built-in's plain twin then comes "
     "from the registry, which names the same one",
     **{
