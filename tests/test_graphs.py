@@ -7,14 +7,16 @@ replay runs the step again, writing the gradients into the tensors that graph ow
 With it the rest of ``GraphedTrainStep`` — whole-step warm-up undone, momentum buffers
 made beforehand, one graph per batch shape, a new capture when the learning rate changes,
 the tally it writes into, the gradients ``grads_of`` returns, the eager step taking over
-after a failed capture — runs on CPU and must train bit for bit like the eager step, for
-every registered model. tests/test_cuda.py checks the real graphs.
+from a step that syncs with the host (``no_host_syncs`` raises on the ops that would) —
+runs on CPU and must train bit for bit like the eager step, for every registered model.
+tests/test_cuda.py checks the real graphs.
 """
 
 from contextlib import nullcontext
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import tiny_model
 from archbench.config import Config, resolve
@@ -23,11 +25,20 @@ from archbench.errors import ArchbenchError
 from archbench.models.registry import MODELS
 from archbench.train.engine import Tally, TrainStep, train_one_epoch
 from archbench.train.gradflow import GradFlow
-from archbench.train.graphs import WARMUP_STEPS, CudaGraphs, GraphedTrainStep, _ensure_momentum_buffers
+from archbench.train.graphs import SYNC_ERROR, WARMUP_STEPS, CudaGraphs, GraphedTrainStep, _ensure_momentum_buffers
 from archbench.train.training import build_model, build_optimizer
 from conftest import synthetic
 
 CPU = torch.device("cpu")
+
+
+class SyncsRaise(TorchDispatchMode):
+    """Raises, as torch does for CUDA under ``set_sync_debug_mode("error")``, on the ops that read the host."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if any(k in str(func) for k in ("_local_scalar_dense", "nonzero", "masked_select")):
+            raise RuntimeError(f"called a {SYNC_ERROR}")
+        return func(*args, **(kwargs or {}))
 
 
 class HostGraphs(CudaGraphs):
@@ -37,6 +48,9 @@ class HostGraphs(CudaGraphs):
 
     def side_stream(self):
         return nullcontext()
+
+    def no_host_syncs(self):
+        return SyncsRaise()
 
     def rng_state(self):
         return torch.get_rng_state()
@@ -73,17 +87,18 @@ class HostGraphs(CudaGraphs):
         return replay
 
 
-def _train(model_name: str, graphed: bool, precision="fp32", epochs=3, images=40, batch=16, capture_fails=False):
-    """``epochs`` epochs at a learning rate that drops for the last one; graphed on ``HostGraphs``."""
+def _train(model_name: str, graphed: bool, precision="fp32", epochs=3, images=40, batch=16, reads_host=False):
+    """``epochs`` epochs at a learning rate that drops for the last one; graphed on ``HostGraphs``
+    by default (a step that reads the host is trained eagerly after a warning)."""
     cfg = resolve(Config(model=model_name, batch_size=batch, lr=0.05, device="cpu", precision=precision), "cpu")
     model = build_model(cfg, CPU)
     opt = build_optimizer(model, cfg, CPU)
     tally = Tally(CPU)
-    step = TrainStep(model, opt, CPU, cfg.precision)
+    step = TrainStep(model, opt, CPU, cfg.precision, _checking_input(model) if reads_host else None)
     warnings = []
     if graphed:
-        host = (FailingHostGraphs if capture_fails else HostGraphs)(model, opt, tally)
-        step = GraphedTrainStep(step, host, on_capture_failure=warnings.append if capture_fails else None)
+        host = HostGraphs(model, opt, tally)
+        step = GraphedTrainStep(step, host, on_uncapturable=warnings.append)
     pipe = build_pipeline("fast", synthetic(images, 8), cfg.batch_size, cfg.seed, CPU)
     grads = GradFlow(model, 3, 3)
     torch.manual_seed(1)  # dropout's draws
@@ -103,6 +118,17 @@ def _train(model_name: str, graphed: bool, precision="fp32", epochs=3, images=40
         )
         norms += grads.take(epoch + 1)
     return model, opt, results, norms, (host.captures if graphed else None), warnings
+
+
+def _checking_input(model):
+    """``model`` behind a check that reads a value back to the host: no graph can hold it."""
+
+    def forward(x):
+        if torch.isnan(x).any():
+            raise ValueError("NaN in the input")
+        return model(x)
+
+    return forward
 
 
 class FailingHostGraphs(HostGraphs):
@@ -143,29 +169,56 @@ def test_every_registered_model_trains_alike_graphed_and_eager(model_name):
     _assert_same_training(eager, graphed, 4)
 
 
-def test_a_step_that_cannot_be_captured_trains_eagerly_after_one_warning(monkeypatch):
-    """Graphs by default: the run goes on, exactly as an eager run would."""
+def test_a_step_that_reads_the_host_trains_eagerly_after_one_warning(monkeypatch):
+    """Graphs by default: the run goes on, exactly as an eager run would, and nothing is captured."""
     monkeypatch.setitem(MODELS, tiny_model.NAME, tiny_model.SPEC)
-    eager = _train(tiny_model.NAME, graphed=False)
-    fell_back = _train(tiny_model.NAME, graphed=True, capture_fails=True)
-    assert fell_back[4] == 1, "after one failed capture no other is tried"
+    eager = _train(tiny_model.NAME, graphed=False, reads_host=True)
+    fell_back = _train(tiny_model.NAME, graphed=True, reads_host=True)
+    assert fell_back[4] == 0, "the host read was found before any capture"
     assert fell_back[5] == [
-        "capturing the training step as a CUDA graph failed (operation not permitted when stream is capturing)"
+        "the training step cannot be captured as a CUDA graph: it reads values back to the host "
+        f"(called a {SYNC_ERROR})"
     ]
-    _assert_same_training(eager, fell_back, 9)  # the warm-up before the failed capture left no trace
+    _assert_same_training(eager, fell_back, 9)  # the warm-up that found it left no trace
 
 
-def test_a_step_that_cannot_be_captured_is_an_error_when_graphs_were_asked_for(monkeypatch):
+def _one_step(host_graphs, on_uncapturable=None, reads_host=False):
+    monkeypatch = pytest.MonkeyPatch()
     monkeypatch.setitem(MODELS, tiny_model.NAME, tiny_model.SPEC)
-    cfg = resolve(Config(model=tiny_model.NAME, batch_size=8, device="cpu"), "cpu")
-    model = build_model(cfg, CPU)
-    opt = build_optimizer(model, cfg, CPU)
-    tally = Tally(CPU)
-    step = GraphedTrainStep(TrainStep(model, opt, CPU), FailingHostGraphs(model, opt, tally))
-    with pytest.raises(
-        ArchbenchError, match=r"^capturing .* failed \(operation not permitted .*\); run without --cuda-graphs$"
-    ):
+    try:
+        cfg = resolve(Config(model=tiny_model.NAME, batch_size=8, device="cpu"), "cpu")
+        model = build_model(cfg, CPU)
+        opt = build_optimizer(model, cfg, CPU)
+        tally = Tally(CPU)
+        forward = _checking_input(model) if reads_host else None
+        step = GraphedTrainStep(
+            TrainStep(model, opt, CPU, "fp32", forward), host_graphs(model, opt, tally), on_uncapturable
+        )
         step(torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)), tally)
+    finally:
+        monkeypatch.undo()
+
+
+def test_a_step_that_reads_the_host_is_an_error_when_graphs_were_asked_for():
+    with pytest.raises(ArchbenchError) as e:
+        _one_step(HostGraphs, reads_host=True)
+    assert str(e.value) == (
+        f"the training step cannot be captured as a CUDA graph: it reads values back to the host (called a "
+        f"{SYNC_ERROR}); train this model without CUDA graphs (--no-cuda-graphs)"
+    )
+
+
+@pytest.mark.parametrize("asked_for", [True, False])
+def test_a_capture_that_fails_otherwise_is_an_error_even_by_default(asked_for):
+    """A failed capture may leave CUDA state that no eager step should run on."""
+    said = []
+    with pytest.raises(ArchbenchError) as e:
+        _one_step(FailingHostGraphs, None if asked_for else said.append)
+    assert str(e.value) == (
+        "capturing the training step as a CUDA graph failed (operation not permitted when stream is capturing); "
+        "train this model without CUDA graphs (--no-cuda-graphs)"
+    )
+    assert said == []
 
 
 def test_the_warm_up_runs_whole_steps_then_undoes_them(monkeypatch):
@@ -177,7 +230,7 @@ def test_the_warm_up_runs_whole_steps_then_undoes_them(monkeypatch):
     host = HostGraphs(model, opt, tally)
     calls = []
     real_step = opt.step
-    monkeypatch.setattr(opt, "step", lambda *a, **k: (calls.append(int(tally.step)), real_step(*a, **k))[1])
+    monkeypatch.setattr(opt, "step", lambda *a, **k: (calls.append(tally.step.clone()), real_step(*a, **k))[1])
     _ensure_momentum_buffers(opt)  # as the graphed step does first, so that they are in the state compared
     before = [t.clone() for t in host._state()]
     captured = []
@@ -185,7 +238,7 @@ def test_the_warm_up_runs_whole_steps_then_undoes_them(monkeypatch):
         host, "capture", lambda body: captured.append([t.clone() for t in host._state()]) or (lambda: None)
     )
     GraphedTrainStep(TrainStep(model, opt, CPU), host)(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)), tally)
-    assert calls == list(range(WARMUP_STEPS)), "each warm-up step updates the weights and counts in the tally"
+    assert [int(c) for c in calls] == list(range(WARMUP_STEPS)), "each warm-up step updates weights and tally"
     assert len(captured) == 1 and all(torch.equal(a, b) for a, b in zip(before, captured[0], strict=True))
 
 

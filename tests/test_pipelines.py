@@ -129,15 +129,17 @@ def test_fast_batches_come_in_the_models_format_with_the_numbers_autocast_would_
     from archbench.data import pipelines
 
     cpu = torch.device("cpu")
-    plain = FastPipeline(data, BATCH, 0, cpu)
-    bf16 = FastPipeline(data, BATCH, 0, cpu, InputFormat(torch.bfloat16, channels_last=True))
-    monkeypatch.setattr(pipelines, "BUILD_CHUNK", 7)  # chunks that straddle batches
-    chunked = FastPipeline(data, BATCH, 0, cpu)
+
+    def batches(fmt: InputFormat | None = None):
+        pipe = FastPipeline(data, BATCH, 0, cpu, fmt or InputFormat())
+        return {"train": list(pipe.train_batches(2)), "test": list(pipe.test_batches())}
+
+    assert pipelines.BUILD_CHUNK > N_IMAGES  # each epoch in one piece...
+    plain, bf16 = batches(), batches(InputFormat(torch.bfloat16, channels_last=True))
+    monkeypatch.setattr(pipelines, "BUILD_CHUNK", 7)  # ...or in chunks that straddle batches
+    chunked = batches()
     for name in ("train", "test"):
-        got = {
-            k: list(p.train_batches(2) if name == "train" else p.test_batches())
-            for k, p in (("plain", plain), ("bf16", bf16), ("chunked", chunked))
-        }
+        got = {"plain": plain[name], "bf16": bf16[name], "chunked": chunked[name]}
         for (x, y), (xb, yb), (xc, yc) in zip(got["plain"], got["bf16"], got["chunked"], strict=True):
             assert x.dtype == torch.float32 and xb.dtype == torch.bfloat16
             assert xb.is_contiguous(memory_format=torch.channels_last) and not xb.is_contiguous()

@@ -142,6 +142,10 @@ def bench_one(cfg: Config, data: CifarData, epochs: int, warn: Callable[[str], N
     device = resolve_device(cfg.device)
     cfg = resolve(cfg, device.type)
     check_device_options(cfg, device)
+    if cfg.compile:
+        # Compiled code is cached per Python function, across models built from one class: each
+        # row starts afresh, so that earlier rows' shapes and formats cannot use up its recompiles.
+        torch._dynamo.reset()
     flops = train_flops_per_image(cfg, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

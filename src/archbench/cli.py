@@ -654,6 +654,8 @@ def cmd_bench(args) -> int:
     device = resolve_device(cfg.device)
     pipelines = _listed("--pipelines", args.pipelines, PIPELINES)
     steps = _listed("--steps", args.steps, STEP_MODES) if args.steps else [None]
+    if args.steps and args.concurrent:
+        raise ArchbenchError("--steps and --concurrent do not go together: --concurrent times the runs' own step")
     if device.type != "cuda" and any(s and s.endswith("graphs") for s in steps):
         raise ArchbenchError(f"--steps {args.steps!r}: CUDA graphs need a CUDA device, but the bench runs on {device}")
     if args.json:

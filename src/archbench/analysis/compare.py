@@ -40,7 +40,7 @@ from archbench.train import checkpoint, divergence
 from archbench.train.engine import evaluate
 from archbench.train.model_record import refuse_changed_model_of
 from archbench.train.runner import CONFIG_NAME, exact_mask
-from archbench.train.training import build_model
+from archbench.train.training import build_model, input_format
 
 FINAL_NAME = "final.json"
 PREDICTIONS_NAME = "predictions.npz"
@@ -149,7 +149,7 @@ def _evaluate_weights(
     checkpoint.load_weights(model, state, path, cfg.model)
     return evaluate(
         model,
-        test_pipeline(data, batch_size, device).test_batches(),
+        test_pipeline(data, batch_size, device, input_format(cfg, device)).test_batches(),
         device,
         exact_mask(data, device),
         cfg.precision,

@@ -154,10 +154,12 @@ class FastPipeline:
             yield self._test_images[s : s + b], self.y_test[s : s + b]
 
 
-def test_pipeline(data: CifarData, batch_size: int, device: torch.device) -> FastPipeline:
+def test_pipeline(
+    data: CifarData, batch_size: int, device: torch.device, fmt: InputFormat = InputFormat()
+) -> FastPipeline:
     """A pipeline for evaluation only: the test set on the device, no training copy."""
     test_only = dataclasses.replace(data, x_train=data.x_train[:0], y_train=data.y_train[:0])
-    return FastPipeline(test_only, batch_size, seed=0, device=device)
+    return FastPipeline(test_only, batch_size, seed=0, device=device, fmt=fmt)
 
 
 class _ArrayImages(torch.utils.data.Dataset):

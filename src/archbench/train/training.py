@@ -46,8 +46,19 @@ def channels_last(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
+def own_model(cfg: Config) -> bool:
+    """One of the package's models: each starts with a convolution and keeps no host-side state,
+    and tests/test_graphs.py trains every one graphed like eager. Input formats and CUDA graphs
+    are only chosen for a model without being asked for when this holds."""
+    return cfg.model_spec is None
+
+
 def input_format(cfg: Config, device: torch.device) -> InputFormat:
-    """What the fast pipeline hands the model: bf16 batches under bf16 autocast, NHWC on CUDA."""
+    """What the fast pipeline hands the model: for the package's own models, bf16 batches under
+    bf16 autocast (what their first convolution would cast to) and NHWC on CUDA; float32 NCHW,
+    what any model takes, for others."""
+    if not own_model(cfg):
+        return InputFormat()
     return InputFormat(torch.bfloat16 if cfg.precision == "bf16" else torch.float32, channels_last(device))
 
 
@@ -96,8 +107,9 @@ def _to_stderr(line: str) -> None:
 
 
 def uses_cuda_graphs(cfg: Config, device: torch.device) -> bool:
-    """Graphs unless turned off: on CUDA a step is one launch instead of hundreds."""
-    return cfg.cuda_graphs is True or (cfg.cuda_graphs is None and device.type == "cuda")
+    """Graphs when asked for, and by default for the package's own models on CUDA, where a step
+    is then one launch instead of hundreds."""
+    return cfg.cuda_graphs is True or (cfg.cuda_graphs is None and device.type == "cuda" and own_model(cfg))
 
 
 def build_step(
@@ -109,8 +121,9 @@ def build_step(
 ) -> Callable:
     """The training step ``cfg`` asks for on ``device``.
 
-    With graphs by default (``cuda_graphs`` unset), a step that cannot be captured is
-    trained eagerly after ``warn`` gets one line saying so; asked for, it is an error.
+    With graphs by default (``cuda_graphs`` unset), a step that syncs with the host, which no
+    graph can hold, is trained eagerly after ``warn`` gets one line saying so; with graphs
+    asked for, it is an error.
     """
     from archbench.train.engine import TrainStep
 
@@ -126,14 +139,14 @@ def build_step(
     if cfg.cuda_graphs is True:
         return GraphedTrainStep(step)
 
-    def fell_back(reason: str) -> None:
+    def fall_back(reason: str) -> None:
         warn(f"[{cfg.model}] warning: {reason}; training without CUDA graphs (--no-cuda-graphs skips the attempt)")
 
-    return GraphedTrainStep(step, on_capture_failure=fell_back)
+    return GraphedTrainStep(step, on_uncapturable=fall_back)
 
 
 def step_mode(step: Callable, cfg: Config) -> str:
-    """How ``step`` runs: eager, graphs, compile or compile+graphs (after a failed capture: eager)."""
+    """How ``step`` runs: eager, graphs, compile or compile+graphs (eager once a step proved uncapturable)."""
     mode = getattr(step, "mode", "eager")
     return f"compile+{mode}" if cfg.compile and mode == "graphs" else ("compile" if cfg.compile else mode)
 
