@@ -12,7 +12,8 @@ import torch
 
 from archbench.bench import DEVICE_PEAKS, synthetic_cifar
 from archbench.config import Config, resolve
-from archbench.data.pipelines import InputFormat, build_pipeline
+from archbench.data.pipelines import build_pipeline
+from archbench.models.registry import MODELS
 from archbench.train.engine import Tally, evaluate, train_one_epoch
 from archbench.train.epoch_writer import host_copy
 from archbench.train.gradflow import GradFlow
@@ -22,6 +23,7 @@ from archbench.train.training import build_model, build_optimizer, build_step, i
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 CUDA = torch.device("cuda")
+BUILTIN = [name for name, spec in MODELS.items() if spec.build.__module__.startswith("archbench.models.")]
 DATA = synthetic_cifar(200, 100)  # batch 64: three full batches and a partial one of 8
 
 
@@ -243,12 +245,38 @@ def test_a_step_that_cannot_be_captured_trains_eagerly_by_default():
     ]
     assert step.mode == "eager" and int(tally.step) == 3 and tally.images == 24
     assert not torch.equal(model.weight, before)
-    torch.randn(3, device=CUDA)  # nothing was captured, so the CUDA RNG is as usable as before
 
 
-def test_models_from_outside_the_package_are_eager_unless_graphs_are_asked_for():
-    from archbench.train.training import uses_cuda_graphs
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_every_built_in_model_is_graphed_by_default_without_falling_back(name):
+    def fail(line):
+        pytest.fail(line)
 
-    user = Config(model="se_resnet18", model_spec="/x/se_resnet18.py:se_resnet18")
-    assert not uses_cuda_graphs(user, CUDA) and uses_cuda_graphs(user.replace(cuda_graphs=True), CUDA)
-    assert input_format(resolve(user.replace(lr=0.1), "cuda"), CUDA) == InputFormat()  # what any model takes
+    cfg = resolve(Config(model=name, batch_size=64, device="cuda"), "cuda")
+    model = build_model(cfg, CUDA)
+    step, tally = build_step(model, build_optimizer(model, cfg, CUDA), cfg, CUDA, warn=fail), Tally(CUDA)
+    pipe = build_pipeline("fast", DATA, cfg.batch_size, cfg.seed, CUDA, fmt=input_format(cfg, CUDA))
+    train_one_epoch(model, pipe.train_batches(0), step, CUDA, tally)
+    assert step_mode(step, cfg) == "graphs" and int(tally.step) == 4
+
+
+def test_a_failed_capture_reports_its_own_error_and_restores_the_stream():
+    """In a process of its own: before torch 2.13 a failed capture leaves the CUDA RNG unusable."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from archbench.train.graphs import CudaGraphs\n"
+        "t = torch.ones(3, device='cuda')\n"
+        "try:\n"
+        "    CudaGraphs().capture(lambda: t.sum().item())\n"
+        "except RuntimeError as e:\n"
+        "    print('error:', str(e).splitlines()[0])\n"
+        "print('stream restored:', torch.cuda.current_stream() == torch.cuda.default_stream())\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    # The body's own error (an illegal sync), not the one ending the failed capture raises after it.
+    assert "error: " in p.stdout and "previous error during capture" not in p.stdout, p.stdout
+    assert "stream restored: True" in p.stdout

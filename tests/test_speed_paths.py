@@ -261,3 +261,22 @@ def test_an_epochs_steps_read_the_host_a_fixed_number_of_times():
 
     few, many = host_reads(1), host_reads(3)
     assert few == many and len(many) == 3  # the pass's end: first bad step, loss sum, correct count
+
+
+def test_only_the_packages_own_models_get_graphs_and_input_formats_unasked(monkeypatch):
+    """A model from elsewhere may view its input as NCHW or decide things on the host: it is asked."""
+    import tiny_model
+    from archbench.data.pipelines import InputFormat
+    from archbench.models.registry import MODELS
+    from archbench.train.training import input_format, own_model, uses_cuda_graphs
+
+    monkeypatch.setitem(MODELS, tiny_model.NAME, tiny_model.SPEC)  # registered, as an installed package's is
+    cuda = torch.device("cuda")  # a device name: nothing runs on it
+    own = resolve(Config(model="vgg19", precision="bf16"))
+    registered = resolve(Config(model=tiny_model.NAME, precision="bf16"))
+    from_file = resolve(Config(model="se", model_spec="/x/se.py:se", lr=0.1, precision="bf16"))
+    assert [own_model(c) for c in (own, registered, from_file)] == [True, False, False]
+    assert input_format(own, cuda) == InputFormat(torch.bfloat16, channels_last=True)
+    for other in (registered, from_file):
+        assert not uses_cuda_graphs(other, cuda) and uses_cuda_graphs(other.replace(cuda_graphs=True), cuda)
+        assert input_format(other, cuda) == InputFormat()  # float32 NCHW, what any model takes

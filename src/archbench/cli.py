@@ -84,8 +84,8 @@ def _training_flags() -> argparse.ArgumentParser:
     r.add_argument(
         "--cuda-graphs",
         action="store_true",
-        help="require CUDA graphs: a step that cannot be captured is an error (default on CUDA: graphs, "
-        "falling back to eager steps with a warning)",
+        help="require CUDA graphs, for any model: a step that cannot be captured is an error (default on CUDA: "
+        "graphs for the built-in models, falling back to eager steps with a warning)",
     )
     r.add_argument(
         "--no-cuda-graphs",
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         metavar="MODE,...",
         help="time each of these training steps: eager, graphs, compile, compile+graphs, comma-separated "
-        "(default: the one a run would use: CUDA graphs on CUDA, eager elsewhere)",
+        "(default: the one a run would use: on CUDA graphs for the built-in models, else eager)",
     )
     p.add_argument(
         "--synthetic",

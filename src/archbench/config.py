@@ -51,8 +51,9 @@ class Config:
     # Where and how: these do not change the numbers a run produces.
     device: str = "auto"
     compile: bool = False  # torch.compile the training forward pass
-    # Replay training steps from captured CUDA graphs. None (auto): on CUDA, falling back to the
-    # eager step with a warning if the step cannot be captured; True: required; False: never.
+    # Replay training steps from captured CUDA graphs. None (auto): on CUDA for the package's own
+    # models, falling back to the eager step with a warning if the step cannot be captured; True:
+    # required, for any model; False: never.
     cuda_graphs: bool | None = None
     tensorboard: bool = False  # also log per-epoch scalars to RUN_DIR/tensorboard
     mlflow: str | None = None  # also log to MLflow: a tracking URI, or "default" (a file store at OUT/mlruns)

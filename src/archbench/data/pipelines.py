@@ -102,7 +102,7 @@ class FastPipeline:
         self._test_images: torch.Tensor | None = None  # normalised on first use, then kept
 
     def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return (x_uint8.float().div_(255.0) - self._mean).div_(self._std)
+        return x_uint8.float().div_(255.0).sub_(self._mean).div_(self._std)  # in place: one float32 copy
 
     def crop_flip(self, idx: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         """uint8 crops of padded images ``idx`` at offsets (dy, dx), mirrored where ``flip``."""

@@ -44,9 +44,11 @@ class CudaGraphs:
         """Run the block on a fresh stream, ordered after and before the current one."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            yield
-        torch.cuda.current_stream().wait_stream(side)
+        try:
+            with torch.cuda.stream(side):
+                yield
+        finally:  # what follows, an undo after an error included, runs after the block's kernels
+            torch.cuda.current_stream().wait_stream(side)
 
     def rng_state(self) -> torch.Tensor:
         return torch.cuda.get_rng_state()

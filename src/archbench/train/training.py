@@ -16,6 +16,7 @@ from archbench.config import Config
 from archbench.data.datasets import get as get_dataset
 from archbench.data.pipelines import InputFormat
 from archbench.errors import ArchbenchError
+from archbench.models.registry import MODELS
 from archbench.models.specs import resolve as resolve_model
 
 
@@ -49,8 +50,12 @@ def channels_last(device: torch.device) -> bool:
 def own_model(cfg: Config) -> bool:
     """One of the package's models: each starts with a convolution and keeps no host-side state,
     and tests/test_graphs.py trains every one graphed like eager. Input formats and CUDA graphs
-    are only chosen for a model without being asked for when this holds."""
-    return cfg.model_spec is None
+    are only chosen for a model without being asked for when this holds; an installed package's
+    model, or one registered from outside, is not the package's own."""
+    if cfg.model_spec is not None:
+        return False
+    spec = MODELS.get(cfg.model)
+    return spec is not None and getattr(spec.build, "__module__", "").startswith("archbench.models.")
 
 
 def input_format(cfg: Config, device: torch.device) -> InputFormat:
